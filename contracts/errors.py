@@ -1,0 +1,46 @@
+"""Errors that cross the RPC boundary and come back as themselves.
+
+nameko turns any other exception into a ``RemoteError``; these are registered
+so that the gateway receives the same class, with its arguments, and can map it
+to an HTTP status in one place.
+"""
+from __future__ import annotations
+
+from nameko.exceptions import deserialize_to_instance
+
+
+class WarmiError(Exception):
+    """Base of the errors a caller is expected to handle."""
+
+    code = "error"
+
+    def __init__(self, message: str = "", fields: dict | None = None):
+        super().__init__(message, fields or {})
+        self.message = message
+        self.fields = fields or {}
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@deserialize_to_instance
+class InvalidInput(WarmiError):
+    code = "invalid_input"
+
+
+@deserialize_to_instance
+class NotFound(WarmiError):
+    code = "not_found"
+
+
+@deserialize_to_instance
+class Forbidden(WarmiError):
+    code = "forbidden"
+
+
+@deserialize_to_instance
+class Conflict(WarmiError):
+    code = "conflict"
+
+
+EXPECTED = (InvalidInput, NotFound, Forbidden, Conflict)

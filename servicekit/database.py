@@ -1,0 +1,128 @@
+"""One SQLAlchemy engine per service process, one session per nameko worker.
+
+The engine is a ``SharedExtension`` so that every provider of a container
+(the ``Database`` a service method uses, the outbox relay) shares one pool.
+"""
+from __future__ import annotations
+
+import logging
+
+from nameko.extensions import DependencyProvider, SharedExtension
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import QueuePool
+
+from servicekit.config import database_url
+
+log = logging.getLogger(__name__)
+
+
+def make_engine(url: str, *, green: bool = False) -> Engine:
+    """An engine for ``url``; ``green`` makes psycopg2 cooperate with eventlet."""
+    if url.startswith("sqlite"):
+        # SQLite blocks the whole process while it waits for a lock, so one
+        # connection per process, handed out in turn by a (green) pool.
+        engine = create_engine(
+            url,
+            poolclass=QueuePool,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=30,
+            connect_args={"check_same_thread": False, "timeout": 15},
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    if green:
+        from psycogreen.eventlet import patch_psycopg
+
+        patch_psycopg()
+    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+class SqlEngine(SharedExtension):
+    """The container's engine, made in ``setup`` and disposed of on stop."""
+
+    engine: Engine
+
+    def setup(self) -> None:
+        service = self.container.service_name
+        url = self.container.config.get("DATABASE_URL") or database_url(service)
+        self.engine = make_engine(url, green=True)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def stop(self) -> None:
+        self.engine.dispose()
+
+    def kill(self) -> None:
+        self.engine.dispose()
+
+
+class Database(DependencyProvider):
+    """Injects a session factory bound to the service's engine.
+
+    Each worker gets its own ``WorkerSession``: the session is opened on first
+    use, committed when the worker succeeds, rolled back when it fails, and
+    closed in any case.
+    """
+
+    engine = SqlEngine()
+
+    def get_dependency(self, worker_ctx) -> "WorkerSession":
+        return WorkerSession(self.engine.sessions)
+
+    def worker_result(self, worker_ctx, result=None, exc_info=None) -> None:
+        session = self._session(worker_ctx)
+        if session is None:
+            return
+        if exc_info is None:
+            session.commit()
+        else:
+            session.rollback()
+
+    def worker_teardown(self, worker_ctx) -> None:
+        session = self._session(worker_ctx)
+        if session is not None:
+            session.close()
+
+    def _session(self, worker_ctx) -> "WorkerSession | None":
+        return worker_ctx.service.__dict__.get(self.attr_name)
+
+
+class WorkerSession:
+    """A lazily opened session plus the factory, for units of work that need
+    to commit several times inside one worker (one e-mail, one commit)."""
+
+    def __init__(self, factory: sessionmaker):
+        self.factory = factory
+        self._session: Session | None = None
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = self.factory()
+        return self._session
+
+    def commit(self) -> None:
+        if self._session is not None:
+            self._session.commit()
+
+    def rollback(self) -> None:
+        if self._session is not None:
+            self._session.rollback()
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None

@@ -1,0 +1,76 @@
+"""Operational metrics (design rule 7): work, latency, failures, backlog.
+
+Labels are bounded: service, RPC method, event type, route template,
+channel, outcome. Never a case code, a person or an incident type.
+"""
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+RPC_DURATION = Histogram(
+    "warmi_rpc_duration_seconds", "Time to serve an RPC call", ["service", "method"], buckets=LATENCY_BUCKETS
+)
+EVENT_HANDLER_DURATION = Histogram(
+    "warmi_event_handler_duration_seconds",
+    "Time to handle one event delivery",
+    ["service", "event_type"],
+    buckets=LATENCY_BUCKETS,
+)
+HTTP_DURATION = Histogram(
+    "warmi_http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["service", "route", "method"],
+    buckets=LATENCY_BUCKETS,
+)
+HTTP_RESPONSES = Counter(
+    "warmi_http_responses_total", "HTTP responses by status class", ["service", "route", "status_class"]
+)
+HANDLER_FAILURES = Counter(
+    "warmi_handler_failures_total",
+    "Entrypoint executions that raised an unexpected error",
+    ["service", "entrypoint", "error"],
+)
+EVENT_RETRIES = Counter(
+    "warmi_event_retries_total", "Event deliveries scheduled for another try", ["service", "event_type"]
+)
+EVENT_DEAD_LETTERED = Counter(
+    "warmi_event_dead_lettered_total", "Event deliveries moved to a dead-letter queue", ["service", "event_type"]
+)
+EVENT_DUPLICATES = Counter(
+    "warmi_event_duplicates_total", "Event deliveries skipped as already handled", ["service", "event_type"]
+)
+OUTBOX_PENDING = Gauge("warmi_outbox_pending_messages", "Outbox rows not yet published", ["service"])
+OUTBOX_OLDEST_AGE = Gauge(
+    "warmi_outbox_oldest_pending_age_seconds", "Age of the oldest unpublished outbox row", ["service"]
+)
+OUTBOX_PUBLISHED = Counter("warmi_outbox_published_total", "Outbox rows published and confirmed", ["service"])
+OUTBOX_FAILURES = Counter("warmi_outbox_publish_failures_total", "Relay passes that failed to publish", ["service"])
+NOTIFICATIONS = Counter(
+    "warmi_notifications_total", "Notification deliveries by channel and outcome", ["channel", "outcome"]
+)
+
+_server_started: dict[str, object] = {}
+
+
+def serve(address: str) -> None:
+    """Serve ``/metrics`` for this process on ``address`` (host:port), once.
+
+    Several containers in one process (tests, ``warmi serve all``) share the
+    process's registry, so the first caller starts the one server.
+    """
+    if not address or address in _server_started:
+        return
+    import eventlet
+    import eventlet.wsgi
+
+    host, _, port = address.rpartition(":")
+    sock = eventlet.listen((host or "0.0.0.0", int(port)))
+    app = make_wsgi_app()
+    _server_started[address] = eventlet.spawn(eventlet.wsgi.server, sock, app, log_output=False)
+    log.info("metrics served", extra={"address": address})

@@ -1,0 +1,244 @@
+"""Transactional outbox (design rule 4).
+
+A state change and the events it causes are written in one transaction: the
+event goes into this service's ``outbox`` table. The relay, running inside the
+service process, publishes pending rows to RabbitMQ with publisher confirms
+and marks them sent. Rows are claimed with ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL, so any number of replicas can relay at once without publishing a
+row twice; a row published but not yet marked (a crash in between) is
+published again, and consumers drop the repeat by its ``event_id``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+
+from kombu import Connection, Exchange, Producer
+from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.extensions import DependencyProvider
+from sqlalchemy import (
+    Column, DateTime, Index, Integer, MetaData, String, Table, Text, func, insert, select, text, update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from servicekit import metrics
+from servicekit.database import SqlEngine, is_postgres
+
+log = logging.getLogger(__name__)
+
+# A publish that takes longer than this is treated as failed: the row stays
+# pending and the relay reconnects, instead of holding its transaction open.
+PUBLISH_TIMEOUT = 5.0
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    return Table(
+        "outbox",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("event_id", String(36), nullable=False, unique=True),
+        Column("exchange", String(100), nullable=False),
+        Column("routing_key", String(100), nullable=False),
+        Column("body", Text, nullable=False),
+        Column("headers", Text, nullable=False, default="{}"),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("published_at", DateTime(timezone=True), nullable=True),
+        Index(
+            "ix_outbox_pending",
+            "id",
+            postgresql_where=text("published_at IS NULL"),
+            sqlite_where=text("published_at IS NULL"),
+        ),
+    )
+
+
+def stage(session: Session, table: Table, envelope: dict, *, source: str, headers: dict | None = None) -> None:
+    """Add ``envelope`` to the outbox inside the caller's transaction."""
+    session.execute(
+        insert(table).values(
+            event_id=envelope["event_id"],
+            exchange=f"{source}.events",
+            routing_key=envelope["type"],
+            body=json.dumps(envelope, separators=(",", ":")),
+            headers=json.dumps(headers or {}),
+            created_at=datetime.now(timezone.utc),
+        )
+    )
+
+
+class Relay:
+    """Publishes pending outbox rows; one ``relay_once`` is one transaction."""
+
+    def __init__(self, engine: Engine, table: Table, amqp_uri: str, service: str, batch_size: int = 200):
+        self.engine = engine
+        self.table = table
+        self.amqp_uri = amqp_uri
+        self.service = service
+        self.batch_size = batch_size
+        self._connection: Connection | None = None
+        self._producer: Producer | None = None
+        self._declared: set[str] = set()
+
+    def _ensure_producer(self) -> Producer:
+        if self._producer is None:
+            conn = Connection(
+                self.amqp_uri, transport_options={"confirm_publish": True}, connect_timeout=PUBLISH_TIMEOUT
+            )
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=PUBLISH_TIMEOUT)
+            self._connection = conn
+            self._producer = Producer(conn.channel())
+            self._declared.clear()
+        return self._producer
+
+    def close(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.release()
+            except Exception:  # the broker may already be gone
+                pass
+        self._connection = None
+        self._producer = None
+
+    def relay_once(self) -> int:
+        """Publish up to one batch; returns how many rows were published."""
+        t = self.table
+        query = select(t.c.id, t.c.event_id, t.c.exchange, t.c.routing_key, t.c.body, t.c.headers).where(
+            t.c.published_at.is_(None)
+        ).order_by(t.c.id).limit(self.batch_size)
+        if is_postgres(self.engine):
+            query = query.with_for_update(skip_locked=True)
+        with Session(self.engine) as session, session.begin():
+            rows = session.execute(query).all()
+            if not rows:
+                return 0
+            producer = self._ensure_producer()
+            published = []
+            try:
+                for row in rows:
+                    self._publish(producer, row)
+                    published.append(row.id)
+            finally:
+                # whatever the broker confirmed is marked, even if a later row failed
+                if published:
+                    session.execute(
+                        update(t).where(t.c.id.in_(published)).values(published_at=datetime.now(timezone.utc))
+                    )
+                    metrics.OUTBOX_PUBLISHED.labels(self.service).inc(len(published))
+            return len(published)
+
+    def _publish(self, producer: Producer, row) -> None:
+        exchange = Exchange(row.exchange, type="topic", durable=True)
+        if row.exchange not in self._declared:
+            exchange.declare(channel=producer.channel)
+            self._declared.add(row.exchange)
+        producer.publish(
+            row.body.encode(),
+            exchange=exchange,
+            routing_key=row.routing_key,
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers=json.loads(row.headers or "{}"),
+            message_id=row.event_id,
+            delivery_mode=2,
+            retry=False,
+            timeout=PUBLISH_TIMEOUT,
+            confirm_timeout=PUBLISH_TIMEOUT,
+        )
+
+    def measure(self) -> tuple[int, float]:
+        """Pending rows and the age in seconds of the oldest one."""
+        t = self.table
+        with Session(self.engine) as session:
+            count, oldest = session.execute(
+                select(func.count(), func.min(t.c.created_at)).where(t.c.published_at.is_(None))
+            ).one()
+        age = 0.0
+        if oldest is not None:
+            if oldest.tzinfo is None:  # SQLite hands back naive UTC
+                oldest = oldest.replace(tzinfo=timezone.utc)
+            age = max(0.0, (datetime.now(timezone.utc) - oldest).total_seconds())
+        return count, age
+
+
+class OutboxRelay(DependencyProvider):
+    """Runs the relay in a managed green thread of the service container.
+
+    Every worker that ends wakes the relay, so a committed event leaves within
+    milliseconds; a poll interval catches rows written by other processes
+    (the CLI, another replica that died before relaying).
+    """
+
+    engine = SqlEngine()
+
+    def __init__(self, table: Table, **kwargs):
+        self.table = table
+        super().__init__(**kwargs)
+
+    def setup(self) -> None:
+        config = self.container.config
+        settings = config.get("OUTBOX", {}) or {}
+        self.amqp_uri = settings.get("AMQP_URI") or config[AMQP_URI_CONFIG_KEY]
+        self.poll_interval = float(settings.get("POLL_INTERVAL", 1.0))
+        self.max_backoff = float(settings.get("MAX_BACKOFF", 5.0))
+        self.relay: Relay | None = None
+        self._wake = threading.Event()
+        self._running = False
+        self._gt = None
+
+    def start(self) -> None:
+        # the shared engine is made in its own setup, which may run after ours
+        self.relay = Relay(self.engine.engine, self.table, self.amqp_uri, self.container.service_name)
+        self._running = True
+        self._gt = self.container.spawn_managed_thread(self._run, identifier="outbox-relay")
+
+    def stop(self) -> None:
+        self._running = False
+        self._wake.set()
+        if self._gt is not None:
+            self._gt.wait()
+        if self.relay is not None:
+            self.relay.close()
+
+    def kill(self) -> None:
+        self._running = False
+        self._wake.set()
+        if self.relay is not None:
+            self.relay.close()
+
+    def worker_teardown(self, worker_ctx) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        backoff = 0.0
+        last_measure = 0.0
+        while self._running:
+            try:
+                published = self.relay.relay_once()
+                backoff = 0.0
+            except Exception as exc:  # broker or database away: keep the rows, try later
+                metrics.OUTBOX_FAILURES.labels(self.container.service_name).inc()
+                log.warning("outbox relay could not publish", extra={"error": type(exc).__name__})
+                self.relay.close()
+                backoff = min(self.max_backoff, max(0.1, backoff * 2))
+                published = 0
+            now = time.monotonic()
+            if now - last_measure >= 1.0 or published == 0:
+                self._measure()
+                last_measure = now
+            if published >= self.relay.batch_size:
+                continue
+            self._wake.wait(backoff or self.poll_interval)
+            self._wake.clear()
+
+    def _measure(self) -> None:
+        try:
+            count, age = self.relay.measure()
+        except Exception:
+            return
+        service = self.container.service_name
+        metrics.OUTBOX_PENDING.labels(service).set(count)
+        metrics.OUTBOX_OLDEST_AGE.labels(service).set(age)

@@ -1,0 +1,96 @@
+"""HTTP plumbing of the API: JSON in and out, and the one error mapping."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from typing import Callable
+
+import eventlet
+from nameko.exceptions import RemoteError, UnknownService
+from werkzeug.wrappers import Request, Response
+
+from contracts.errors import Conflict, Forbidden, InvalidInput, NotFound, WarmiError
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+STATUS = {InvalidInput: 422, NotFound: 404, Forbidden: 403, Conflict: 409}
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, code: str, message: str, fields: dict | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.fields = fields or {}
+        self.headers = headers or {}
+
+
+class RpcUnavailable(Exception):
+    pass
+
+
+def json_response(status: int, body, headers: dict | None = None) -> Response:
+    return Response(
+        json.dumps(body, ensure_ascii=False), status=status, headers=headers, content_type="application/json; charset=utf-8"
+    )
+
+
+def error_response(status: int, code: str, message: str, fields: dict | None = None, headers=None) -> Response:
+    return json_response(status, {"error": {"code": code, "message": message, "fields": fields or {}}}, headers)
+
+
+def read_json(request: Request) -> dict:
+    """The request body as a JSON object, or an HttpError saying what is wrong."""
+    length = request.content_length
+    if length is None and request.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        raise HttpError(411, "length_required", "send the body with a Content-Length")
+    if length is not None and length > MAX_BODY_BYTES:
+        raise HttpError(413, "body_too_large", f"the body may be at most {MAX_BODY_BYTES} bytes")
+    mimetype = request.mimetype or ""
+    if mimetype != "application/json":
+        raise HttpError(415, "unsupported_media_type", "send the body as application/json")
+    raw = request.get_data(cache=False)
+    if len(raw) > MAX_BODY_BYTES:
+        raise HttpError(413, "body_too_large", f"the body may be at most {MAX_BODY_BYTES} bytes")
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise HttpError(400, "invalid_json", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise HttpError(422, "invalid_input", "the body must be a JSON object", {"_schema": ["expected an object"]})
+    return body
+
+
+def call(method, *args, timeout: float = 10.0):
+    """An RPC call that gives up after ``timeout`` seconds."""
+    try:
+        with eventlet.Timeout(timeout):
+            return method(*args)
+    except eventlet.Timeout:
+        raise RpcUnavailable() from None
+    except UnknownService:
+        raise RpcUnavailable() from None
+
+
+def endpoint(fn: Callable) -> Callable:
+    """Map everything a handler can raise to a JSON error; never leak internals."""
+
+    @functools.wraps(fn)
+    def wrapper(self, request: Request, **kwargs) -> Response:
+        try:
+            return fn(self, request, **kwargs)
+        except HttpError as err:
+            return error_response(err.status, err.code, err.message, err.fields, err.headers)
+        except WarmiError as err:
+            return error_response(STATUS.get(type(err), 400), err.code, err.message, err.fields)
+        except RpcUnavailable:
+            return error_response(503, "unavailable", "a service did not answer in time; try again", headers={"Retry-After": "5"})
+        except RemoteError as err:
+            log.error("a service failed", extra={"remote_error": err.exc_type})
+            return error_response(500, "internal", "something went wrong on our side")
+        except Exception as err:
+            log.error("request failed", extra={"error": type(err).__name__})
+            return error_response(500, "internal", "something went wrong on our side")
+
+    return wrapper

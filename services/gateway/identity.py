@@ -1,0 +1,100 @@
+"""Who is calling: organisations, users, roles and bearer tokens.
+
+Tokens are random and shown once; only their SHA-256 is stored."""
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from contracts.errors import Conflict, InvalidInput
+from contracts.rpc import ROLES
+from services.gateway.adapters import orm
+
+ORG_CODE = re.compile(r"^[A-Z]{2,6}$")
+LOCALES = ("es", "en")
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: str
+    organization_id: str
+    roles: tuple[str, ...]
+
+    def as_caller(self) -> dict:
+        return {"user_id": self.user_id, "organization_id": self.organization_id, "roles": list(self.roles)}
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def authenticate(session: Session, authorization: str | None) -> Principal | None:
+    if not authorization or not authorization.startswith("Bearer "):
+        return None
+    token = authorization[len("Bearer "):].strip()
+    if not token or len(token) > 200:
+        return None
+    row = session.execute(
+        select(orm.users.c.id, orm.users.c.organization_id, orm.users.c.roles)
+        .join(orm.api_tokens, orm.api_tokens.c.user_id == orm.users.c.id)
+        .where(orm.api_tokens.c.token_hash == hash_token(token), orm.api_tokens.c.revoked_at.is_(None))
+    ).first()
+    if row is None:
+        return None
+    return Principal(row.id, row.organization_id, tuple(r for r in row.roles.split(",") if r))
+
+
+def organization_exists(session: Session, organization_id: str) -> bool:
+    return session.execute(select(orm.organizations.c.id).where(orm.organizations.c.id == organization_id)).first() is not None
+
+
+def create_organization(session: Session, *, code: str, name: str, timezone_name: str, locale: str) -> str:
+    errors = {}
+    if not ORG_CODE.match(code or ""):
+        errors["code"] = ["two to six capital letters, e.g. CEC"]
+    if not name or len(name) > 200:
+        errors["name"] = ["required, at most 200 characters"]
+    try:
+        ZoneInfo(timezone_name)
+    except Exception:
+        errors["timezone"] = ["unknown time zone"]
+    if locale not in LOCALES:
+        errors["locale"] = [f"one of {', '.join(LOCALES)}"]
+    if errors:
+        raise InvalidInput("the organisation is not valid", errors)
+    if session.execute(select(orm.organizations.c.id).where(orm.organizations.c.code == code)).first():
+        raise Conflict("an organisation with this code exists", {"code": ["already used"]})
+    organization_id = str(uuid.uuid4())
+    session.execute(
+        insert(orm.organizations).values(
+            id=organization_id, code=code, name=name, timezone=timezone_name, locale=locale,
+            created_at=datetime.now(timezone.utc),
+        )
+    )
+    return organization_id
+
+
+def create_user(session: Session, *, organization_id: str, display_name: str, roles: list[str]) -> tuple[str, str]:
+    """Create a user with a fresh token; returns (user_id, token)."""
+    unknown = [r for r in roles if r not in ROLES]
+    if not roles or unknown:
+        raise InvalidInput("unknown role", {"roles": [f"each one of {', '.join(ROLES)}"]})
+    user_id = str(uuid.uuid4())
+    now = datetime.now(timezone.utc)
+    session.execute(
+        insert(orm.users).values(
+            id=user_id, organization_id=organization_id, display_name=display_name[:200],
+            roles=",".join(sorted(set(roles))), created_at=now,
+        )
+    )
+    token = secrets.token_urlsafe(32)
+    session.execute(insert(orm.api_tokens).values(token_hash=hash_token(token), user_id=user_id, created_at=now))
+    return user_id, token

@@ -1,0 +1,51 @@
+"""Who is told what, on which channel, and whether it reached them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class DeliveryStatus(str, Enum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"  # this try failed; the event will be tried again or dead-lettered
+    CANCELLED = "cancelled"  # the recipient left before it could be sent
+
+
+@dataclass(frozen=True)
+class Recipient:
+    user_id: str
+    organization_id: str
+    role: str
+    channel: str
+    address: str
+    locale: str
+
+
+@dataclass(frozen=True)
+class Message:
+    """What goes out. Built from ids and codes only: never survivor details."""
+
+    subject: str
+    body: str
+
+
+def recipients_for_case_opened(recipients: list[Recipient]) -> list[Recipient]:
+    """The committee's presidents hear of every new case at once."""
+    return [r for r in recipients if r.role == "president"]
+
+
+def overall_status(statuses: list[str]) -> str:
+    """One word for a case's notifications, as the API shows it."""
+    if not statuses:
+        return "none"
+    if all(s in (DeliveryStatus.SENT.value, DeliveryStatus.CANCELLED.value) for s in statuses):
+        return "delivered"
+    if any(s == DeliveryStatus.FAILED.value for s in statuses):
+        return "retrying"
+    return "pending"
+
+
+class DeliveryFailed(Exception):
+    """At least one delivery of an event failed; the event is tried again."""

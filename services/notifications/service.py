@@ -1,0 +1,77 @@
+"""The notifications service: nameko entrypoints only."""
+from __future__ import annotations
+
+from marshmallow import ValidationError
+from nameko.extensions import DependencyProvider
+from nameko.rpc import rpc
+
+from contracts import rpc as contract
+from contracts.errors import EXPECTED, Forbidden
+from contracts.events import load_event
+from servicekit import metrics
+from servicekit.database import Database
+from servicekit.reliable_events import PermanentFailure, reliable_event_handler
+from servicekit.telemetry import Telemetry
+from services.notifications.adapters.email import EmailSender
+from services.notifications.adapters.templates import Renderer
+from services.notifications.service_layer import handlers
+from services.notifications.service_layer.unit_of_work import UnitOfWork
+
+
+class Channels(DependencyProvider):
+    """The senders, one per channel, made once from configuration."""
+
+    def setup(self) -> None:
+        config = self.container.config
+        self.senders = {
+            "email": EmailSender(config.get("SMTP_URL") or "smtp://127.0.0.1:8025", config.get("MAIL_FROM") or "warmi@localhost")
+        }
+        self.renderer = Renderer()
+        self.public_url = config.get("PUBLIC_URL") or "http://127.0.0.1:8000"
+
+    def get_dependency(self, worker_ctx) -> "Channels":
+        return self
+
+
+def record_outcome(channel: str, outcome: str) -> None:
+    metrics.NOTIFICATIONS.labels(channel, outcome).inc()
+
+
+class NotificationsService:
+    name = "notifications"
+
+    db = Database()
+    channels = Channels()
+    telemetry = Telemetry()
+
+    @reliable_event_handler("cases", "case_opened")
+    def handle_case_opened(self, body: dict) -> None:
+        try:
+            event = load_event(body, "case_opened")
+        except ValidationError:
+            raise PermanentFailure("malformed case_opened event") from None
+        handlers.notify_case_opened(
+            UnitOfWork(self.db.session),
+            self.channels.senders,
+            self.channels.renderer,
+            event,
+            public_url=self.channels.public_url,
+            outcome=record_outcome,
+        )
+
+    @rpc(expected_exceptions=EXPECTED)
+    def case_notifications(self, caller: dict, case_id: str) -> dict:
+        """Delivery state of a case's notifications, for a caller the cases
+        service has already let see the case."""
+        who = contract.load(contract.CallerSchema(), caller)
+        if not who["roles"]:
+            raise Forbidden("no role")
+        result = handlers.case_notifications(
+            UnitOfWork(self.db.session), organization_id=str(who["organization_id"]), case_id=str(case_id)
+        )
+        result["deliveries"] = contract.DeliveryViewSchema(many=True).dump(result["deliveries"])
+        return result
+
+    @rpc
+    def health(self) -> dict:
+        return {"service": self.name, "status": "ok"}
