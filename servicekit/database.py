@@ -9,7 +9,7 @@ import logging
 
 from nameko.extensions import DependencyProvider, SharedExtension
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
@@ -18,8 +18,18 @@ from servicekit.config import database_url
 log = logging.getLogger(__name__)
 
 
+def normalize_url(url: str) -> str:
+    """``postgresql://`` means psycopg2 here: psycopg 3 would block eventlet's hub
+    (and SQLAlchemy 2.1 picks psycopg 3 for a bare ``postgresql://``)."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return parsed.render_as_string(hide_password=False)
+
+
 def make_engine(url: str, *, green: bool = False) -> Engine:
     """An engine for ``url``; ``green`` makes psycopg2 cooperate with eventlet."""
+    url = normalize_url(url)
     if url.startswith("sqlite"):
         # SQLite blocks the whole process while it waits for a lock, so one
         # connection per process, handed out in turn by a (green) pool.

@@ -9,6 +9,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from servicekit.config import SERVICES_DIR
+from servicekit.database import normalize_url
 
 MIGRATING = ("cases", "notifications", "gateway")
 
@@ -16,14 +17,14 @@ MIGRATING = ("cases", "notifications", "gateway")
 def alembic_config(service: str, url: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(SERVICES_DIR / service / "migrations"))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
     cfg.attributes["service"] = service
     return cfg
 
 
 def ensure_database(url: str) -> None:
     """Create the PostgreSQL database a service owns if it is missing."""
-    parsed = make_url(url)
+    parsed = make_url(normalize_url(url))
     if parsed.get_backend_name() != "postgresql":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

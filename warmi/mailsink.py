@@ -24,8 +24,8 @@ class FolderHandler:
         return "250 Message accepted for delivery"
 
 
-def run_sink(folder: Path, host: str = "127.0.0.1", port: int = 8025) -> None:
-    controller = Controller(FolderHandler(folder), hostname=host, port=port)
+def run_sink(folder: Path, host: str = "127.0.0.1", port: int = 8025, handler_cls=FolderHandler) -> None:
+    controller = Controller(handler_cls(folder), hostname=host, port=port)
     controller.start()
     stop = asyncio.Event()
     loop = asyncio.new_event_loop()

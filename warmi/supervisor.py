@@ -42,8 +42,12 @@ def run() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
 
+    sink_dir = None
     if not os.environ.get("SMTP_URL"):
-        children["mail-sink"] = _spawn(["mail-sink"])
+        port = os.environ.get("MAIL_SINK_PORT", "8025")
+        sink_dir = home() / "mail"
+        children["mail-sink"] = _spawn(["mail-sink", "--port", port, "--dir", str(sink_dir)])
+        os.environ["SMTP_URL"] = f"smtp://127.0.0.1:{port}"  # inherited by the services
     for name in ("cases", "notifications", "referrals", "gateway"):
         children[name] = _spawn(["serve", name])
 
@@ -51,8 +55,8 @@ def run() -> int:
     if _wait_ready(f"http://{gateway}/api/v1/health", time.monotonic() + 60):
         print(
             f"\nWarmi is running.\n  API:      http://{gateway}/api/v1\n"
-            f"  metrics:  http://127.0.0.1:9101/metrics (cases) 9102 (notifications) 9103 (referrals) 9104 (gateway)\n"
-            + ("" if os.environ.get("SMTP_URL") else f"  mail:     {home() / 'mail'}\n")
+            "  metrics:  /metrics on the addresses in services/*/config.yaml (9101-9104 by default)\n"
+            + (f"  mail:     {sink_dir}\n" if sink_dir else "")
             + "Press Ctrl-C to stop.\n",
             flush=True,
         )

@@ -1,0 +1,295 @@
+"""Fixtures for tests that cross the broker and the databases.
+
+Every run gets its own PostgreSQL databases and every test its own RabbitMQ
+vhost; both are removed afterwards. Services run as real nameko containers in
+this process (eventlet), e-mail goes to a real SMTP server in a subprocess.
+"""
+import eventlet
+
+eventlet.monkey_patch()  # noqa: E402  before anything imports socket or threading
+
+import email
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from cryptography.fernet import Fernet
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = uuid.uuid4().hex[:8]
+PG_SERVER = os.environ.get("WARMI_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+AMQP_SERVER = os.environ.get("WARMI_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
+RABBIT_API = os.environ.get("WARMI_TEST_RABBIT_API", "http://127.0.0.1:15672/api")
+RABBIT_AUTH = ("guest", "guest")
+DATABASE_SERVICES = ("cases", "notifications", "gateway")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout=15.0, interval=0.05, message="condition"):
+    """Poll ``predicate`` until it is truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        eventlet.sleep(interval)
+    raise AssertionError(f"timed out waiting for {message}")
+
+
+# -- databases -----------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def database_urls():
+    from servicekit.migrations import upgrade
+
+    urls = {svc: f"{PG_SERVER}/warmi_t{RUN}_{svc}" for svc in DATABASE_SERVICES}
+    for svc, url in urls.items():
+        os.environ[f"{svc.upper()}_DATABASE_URL"] = url
+        upgrade(svc, url)
+    yield urls
+    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for url in urls.values():
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def engines(database_urls):
+    made = {svc: create_engine(url) for svc, url in database_urls.items()}
+    yield made
+    for engine in made.values():
+        engine.dispose()
+
+
+@pytest.fixture
+def clean_databases(engines):
+    for engine in engines.values():
+        with engine.begin() as conn:
+            tables = [
+                r[0]
+                for r in conn.execute(
+                    text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
+                )
+            ]
+            if tables:
+                conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+    return engines
+
+
+def table_counts(engine) -> dict:
+    """Rows in every table of a database, to show that nothing was written."""
+    with engine.connect() as conn:
+        tables = [
+            r[0] for r in conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))
+        ]
+        return {t: conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar() for t in sorted(tables)}
+
+
+# -- broker --------------------------------------------------------------------
+
+_vhosts = iter(range(1, 100000))
+
+
+@pytest.fixture
+def vhost():
+    name = f"warmi-test-{RUN}-{next(_vhosts)}"
+    requests.put(f"{RABBIT_API}/vhosts/{name}", auth=RABBIT_AUTH, timeout=10).raise_for_status()
+    requests.put(
+        f"{RABBIT_API}/permissions/{name}/guest",
+        json={"configure": ".*", "write": ".*", "read": ".*"},
+        auth=RABBIT_AUTH,
+        timeout=10,
+    ).raise_for_status()
+    yield f"{AMQP_SERVER}/{name}"
+    requests.delete(f"{RABBIT_API}/vhosts/{name}", auth=RABBIT_AUTH, timeout=30)
+
+
+# -- mail ----------------------------------------------------------------------
+
+class SmtpServer:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.mail = folder / "mail"
+        self.mail.mkdir(parents=True)
+        self.port = free_port()
+        self.url = f"smtp://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.smtp_server", str(self.mail), str(self.port)],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    def wait_ready(self):
+        def up():
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(up, timeout=20, message="the SMTP server")
+
+    def messages(self) -> list:
+        return [email.message_from_bytes(p.read_bytes()) for p in sorted(self.mail.glob("*.eml"))]
+
+    def fail_next(self, count: int) -> None:
+        (self.folder / "fail_next").write_text(str(count))
+
+    def fail_always(self, on: bool) -> None:
+        flag = self.folder / "fail_always"
+        if on:
+            flag.touch()
+        elif flag.exists():
+            flag.unlink()
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def smtp(tmp_path):
+    server = SmtpServer(tmp_path / "smtp")
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
+# -- services ------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def encryption_key():
+    return Fernet.generate_key().decode()
+
+
+@pytest.fixture(scope="session")
+def metrics_ports():
+    return {name: free_port() for name in ("cases", "notifications", "referrals", "gateway")}
+
+
+class Stack:
+    """The four services as nameko containers, wired to this test's vhost,
+    the run's databases and the test's SMTP server."""
+
+    def __init__(self, amqp_uri, database_urls, smtp, key, metrics_ports):
+        self.amqp_uri = amqp_uri
+        self.database_urls = database_urls
+        self.smtp = smtp
+        self.key = key
+        self.metrics_ports = metrics_ports
+        self.gateway_port = free_port()
+        self.url = f"http://127.0.0.1:{self.gateway_port}"
+        self.containers = {}
+
+    def config(self, name: str, **overrides) -> dict:
+        config = {
+            "AMQP_URI": self.amqp_uri,
+            "DATABASE_URL": self.database_urls.get(name),
+            "METRICS_ADDRESS": f"127.0.0.1:{self.metrics_ports[name]}",
+            "max_workers": 10,
+        }
+        if name == "cases":
+            config.update(ENCRYPTION_KEYS=self.key, OUTBOX={"POLL_INTERVAL": 0.2, "MAX_BACKOFF": 0.5})
+        if name == "notifications":
+            config.update(
+                SMTP_URL=self.smtp.url,
+                MAIL_FROM="Warmi <warmi@test.invalid>",
+                PUBLIC_URL="https://warmi.test.invalid",
+                EVENT_RETRY={"DELAYS": [0.2, 0.3, 0.4]},
+            )
+        if name == "gateway":
+            config["WEB_SERVER_ADDRESS"] = f"127.0.0.1:{self.gateway_port}"
+        config.update(overrides)
+        return config
+
+    def start(self, name: str, **overrides):
+        from nameko.containers import ServiceContainer
+
+        from warmi.registry import service_class
+
+        container = ServiceContainer(service_class(name), self.config(name, **overrides))
+        container.start()
+        self.containers[name] = container
+        return container
+
+    def start_all(self, **per_service):
+        for name in ("cases", "notifications", "referrals", "gateway"):
+            self.start(name, **per_service.get(name, {}))
+        return self
+
+    def kill(self, name: str) -> None:
+        self.containers.pop(name).kill()
+
+    def stop(self, name: str) -> None:
+        self.containers.pop(name).stop()
+
+    def stop_all(self):
+        # each container needs a second or two to drain; stop them side by side
+        containers = [self.containers.pop(name) for name in list(self.containers)]
+        pool = eventlet.GreenPool()
+        for container in containers:
+            pool.spawn(container.stop)
+        pool.waitall()
+
+    # -- helpers a committee member's client would use -----------------------
+    def organization(self, code="CEC", timezone="America/Lima", locale="es"):
+        from warmi.admin import create_organization
+
+        return create_organization(
+            code=code, name=f"Cooperativa {code}", timezone_name=timezone, locale=locale,
+            president_name="Presidenta", president_email=f"presidenta@{code.lower()}.test.invalid",
+            focal_point_name="Punto focal",
+        )
+
+    def post_case(self, token, body=None, headers=None, **kwargs):
+        send = {"Authorization": f"Bearer {token}", **(headers or {})}
+        if body is not None and "data" not in kwargs:
+            kwargs["json"] = body
+        return requests.post(f"{self.url}/api/v1/cases", headers=send, timeout=15, **kwargs)
+
+    def get_case(self, token, case_id):
+        return requests.get(
+            f"{self.url}/api/v1/cases/{case_id}", headers={"Authorization": f"Bearer {token}"}, timeout=15
+        )
+
+
+@pytest.fixture
+def stack(vhost, database_urls, clean_databases, smtp, encryption_key, metrics_ports):
+    made = Stack(vhost, database_urls, smtp, encryption_key, metrics_ports)
+    yield made
+    made.stop_all()
+
+
+@pytest.fixture
+def captured_logs():
+    """Every log record of the test, formatted as the services format them."""
+    from servicekit.logs import JsonFormatter
+
+    lines = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(self.format(record))
+
+    handler = Collect(level=logging.DEBUG)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield lines
+    root.removeHandler(handler)
+    root.setLevel(previous)
