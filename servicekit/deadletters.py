@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from amqp.exceptions import NotFound
 from kombu import Connection
 from nameko.events import EventHandler
 
@@ -55,14 +56,14 @@ def list_dead_letters(amqp_uri: str, handler_queue_names: list[str]) -> list[Dea
             queue = name + DEAD_SUFFIX
             channel = conn.channel()
             try:
-                _, count, _ = channel.queue_declare(queue, durable=True, passive=False)
+                count = _depth(channel, queue)
                 for _ in range(count):
                     message = channel.basic_get(queue, no_ack=False)
                     if message is None:
                         break
                     found.append(_dead_letter(queue, _KombuLike(message)))
             finally:
-                channel.close()  # unacked messages go back to the queue
+                _close(channel)  # unacked messages go back to the queue
     return found
 
 
@@ -79,7 +80,7 @@ def replay(amqp_uri: str, handler_queue_names: list[str], message_id: str | None
             queue = name + DEAD_SUFFIX
             channel = conn.channel()
             try:
-                _, count, _ = channel.queue_declare(queue, durable=True, passive=False)
+                count = _depth(channel, queue)
                 for _ in range(count):
                     raw = channel.basic_get(queue, no_ack=False)
                     if raw is None:
@@ -109,8 +110,25 @@ def replay(amqp_uri: str, handler_queue_names: list[str], message_id: str | None
                     channel.basic_ack(raw.delivery_tag)
                     replayed += 1
             finally:
-                channel.close()
+                _close(channel)
     return replayed
+
+
+def _depth(channel, queue: str) -> int:
+    """Messages waiting in ``queue``; 0 if it was never declared (its handler
+    has not run yet, so nothing can have been dead-lettered)."""
+    try:
+        _, count, _ = channel.queue_declare(queue, passive=True)
+    except NotFound:
+        return 0
+    return count
+
+
+def _close(channel) -> None:
+    try:
+        channel.close()
+    except Exception:  # already closed by the broker after a passive miss
+        pass
 
 
 class _KombuLike:

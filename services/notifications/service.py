@@ -14,6 +14,7 @@ from servicekit.reliable_events import PermanentFailure, reliable_event_handler
 from servicekit.telemetry import Telemetry
 from services.notifications.adapters.email import EmailSender
 from services.notifications.adapters.templates import Renderer
+from services.notifications.domain.model import DeliveryFailed
 from services.notifications.service_layer import handlers
 from services.notifications.service_layer.unit_of_work import UnitOfWork
 
@@ -44,7 +45,7 @@ class NotificationsService:
     channels = Channels()
     telemetry = Telemetry()
 
-    @reliable_event_handler("cases", "case_opened")
+    @reliable_event_handler("cases", "case_opened", expected_exceptions=(DeliveryFailed,))
     def handle_case_opened(self, body: dict) -> None:
         try:
             event = load_event(body, "case_opened")

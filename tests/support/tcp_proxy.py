@@ -37,13 +37,13 @@ class CuttableProxy:
                 if not data:
                     break
                 dst.sendall(data)
-        except OSError:
+        except (OSError, EOFError):  # the other side went, or we cut it
             pass
         finally:
             for s in (src, dst):
                 try:
                     s.close()
-                except OSError:
+                except (OSError, EOFError):
                     pass
             self._sockets.discard(src)
             self._sockets.discard(dst)
