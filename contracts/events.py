@@ -76,6 +76,9 @@ def build_event(
     if event_type is None:
         raise UnknownEvent(type_)
     schema = event_type.schema()
+    unknown = sorted(set(data) - set(schema.fields))
+    if unknown:  # dump would drop them silently; a producer must hear of it
+        raise ValidationError({key: ["not part of the event"] for key in unknown})
     payload = schema.dump(data)
     schema.load(payload)  # a producer must not publish what a consumer rejects
     return EnvelopeSchema().dump(

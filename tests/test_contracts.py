@@ -1,0 +1,42 @@
+"""The event catalogue and the configuration rules."""
+from datetime import datetime, timezone
+
+import pytest
+from marshmallow import ValidationError
+
+from contracts.events import CATALOGUE, build_event, load_event
+from servicekit.config import database_url
+from servicekit.database import normalize_url
+
+
+@pytest.mark.parametrize("name", sorted(CATALOGUE))
+def test_every_catalogued_example_loads(name):
+    event = load_event(CATALOGUE[name].example, name)
+    assert event["type"] == name and event["version"] == CATALOGUE[name].version
+
+
+def test_an_event_refuses_data_its_schema_does_not_name():
+    with pytest.raises(ValidationError):
+        build_event(
+            "case_opened", organization_id="0c9a3c1e-5f0b-4f7e-8d3a-6b2e1f4c9d70",
+            data={"survivor_code": "CEC-2026-0001", "opened_by": "a3f9e2c1-7b4d-4c8e-9f1a-2d6b5e0c8f47",
+                  "opened_at": datetime.now(timezone.utc), "narrative": "x"},
+        )
+
+
+def test_a_consumer_refuses_an_unknown_version():
+    body = dict(CATALOGUE["case_opened"].example, version=99)
+    with pytest.raises(ValidationError):
+        load_event(body, "case_opened")
+
+
+def test_each_service_gets_its_own_database():
+    assert database_url("cases", {"CASES_DATABASE_URL": "postgresql://h/own"}) == "postgresql://h/own"
+    assert database_url("cases", {"DATABASE_URL": "postgresql://u:p@h:5432/warmi"}) == "postgresql://u:p@h:5432/warmi_cases"
+    assert database_url("gateway", {"DATABASE_URL": "sqlite:///var/warmi.db"}) == "sqlite:///var/warmi_gateway.db"
+    assert database_url("cases", {"WARMI_HOME": "/tmp/x"}).startswith("sqlite:///")
+
+
+def test_postgresql_urls_use_psycopg2():
+    assert normalize_url("postgresql://h/db").startswith("postgresql+psycopg2://")
+    assert normalize_url("sqlite:///x.db") == "sqlite:///x.db"
