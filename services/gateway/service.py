@@ -2,6 +2,8 @@
 caller, then asks the services, which check access again themselves."""
 from __future__ import annotations
 
+import uuid
+
 from nameko.rpc import RpcProxy
 from nameko.web.handlers import http
 from werkzeug.wrappers import Request, Response
@@ -63,8 +65,6 @@ class GatewayService:
 
 
 def _is_uuid(value: str) -> bool:
-    import uuid
-
     try:
         uuid.UUID(value)
     except ValueError:

@@ -1,0 +1,88 @@
+"""The README's run command on this machine: start, open a case, Ctrl-C."""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import requests
+
+from tests.conftest import ROOT, free_port, wait_until
+
+
+def processes_with(marker: str) -> list[int]:
+    """PIDs whose environment carries ``marker`` (this test's WARMI_HOME)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_run_command_serves_the_walkthrough_and_stops_cleanly_on_ctrl_c(vhost, tmp_path):
+    home = tmp_path / "warmi-home"
+    ports = {name: free_port() for name in ("GATEWAY", "CASES", "NOTIFICATIONS", "REFERRALS", "SINK")}
+    env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}  # SQLite, as on a laptop
+    env.update(
+        WARMI_HOME=str(home), AMQP_URI=vhost, GATEWAY_ADDRESS=f"127.0.0.1:{ports['GATEWAY']}",
+        CASES_METRICS_ADDRESS=f"127.0.0.1:{ports['CASES']}",
+        NOTIFICATIONS_METRICS_ADDRESS=f"127.0.0.1:{ports['NOTIFICATIONS']}",
+        REFERRALS_METRICS_ADDRESS=f"127.0.0.1:{ports['REFERRALS']}",
+        GATEWAY_METRICS_ADDRESS=f"127.0.0.1:{free_port()}",
+        MAIL_SINK_PORT=str(ports["SINK"]),
+    )
+    env.pop("SMTP_URL", None)
+    log = open(tmp_path / "run.log", "wb")
+    run = subprocess.Popen(["bash", "scripts/run"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                           start_new_session=True)
+    api = f"http://127.0.0.1:{ports['GATEWAY']}/api/v1"
+    try:
+        def healthy():
+            try:
+                return requests.get(f"{api}/health", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_until(healthy, timeout=90, interval=0.3, message="the gateway")
+        created = subprocess.run(
+            [str(ROOT / ".venv/bin/warmi"), "create-organization", "--code", "CEC", "--name", "CECOMIP",
+             "--timezone", "America/Lima", "--president-name", "Nancy", "--president-email", "nancy@example.org",
+             "--focal-point-name", "Rosa"],
+            cwd=ROOT, env=env, capture_output=True, check=True,
+        )
+        tokens = json.loads(created.stdout)
+
+        opened = requests.post(
+            f"{api}/cases", json={"age_group": "18-25", "narrative": "relato"},
+            headers={"Authorization": f"Bearer {tokens['focal_point']['token']}"}, timeout=10,
+        )
+        assert opened.status_code == 201, opened.text
+        sent_at = time.monotonic()
+        mails = wait_until(lambda: list((home / "mail").glob("*.eml")), message="the e-mail in the sink")
+        print(f"e-mail in the sink {time.monotonic() - sent_at:.3f}s after 201 Created")
+        assert opened.json()["survivor_code"] in mails[0].read_text()
+
+        for service in ("CASES", "NOTIFICATIONS", "REFERRALS"):
+            metrics = requests.get(f"http://127.0.0.1:{ports[service]}/metrics", timeout=5)
+            assert metrics.status_code == 200 and "warmi_" in metrics.text
+        cases_metrics = requests.get(f"http://127.0.0.1:{ports['CASES']}/metrics", timeout=5).text
+        assert "warmi_outbox_pending_messages" in cases_metrics
+        assert 'warmi_notifications_total{' not in cases_metrics  # one process, its own samples
+        assert len(processes_with(str(home))) >= 5  # supervisor, four services, the sink
+
+        os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        assert run.wait(timeout=40) == 0
+        wait_until(lambda: processes_with(str(home)) == [], timeout=5, message="every process to be gone")
+        assert not healthy()
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+        for pid in processes_with(str(home)):
+            os.kill(pid, signal.SIGKILL)
+        log.close()
