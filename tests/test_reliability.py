@@ -51,7 +51,7 @@ def test_the_same_event_delivered_twice_sends_one_email(stack, clean_databases):
     org = stack.organization()
     stack.post_case(org["focal_point"]["token"], CASE)
     wait_until(lambda: stack.smtp.messages(), message="the first e-mail")
-    duplicates_before = sample("warmi_notifications_total", channel="any", outcome="duplicate")
+    duplicates_before = sample("warmi_event_duplicates_total", service="notifications", event_type="case_opened")
 
     body = outbox_rows(clean_databases)[0].body
     with Connection(stack.amqp_uri) as conn:
@@ -62,7 +62,7 @@ def test_the_same_event_delivered_twice_sends_one_email(stack, clean_databases):
         )
 
     wait_until(
-        lambda: sample("warmi_notifications_total", channel="any", outcome="duplicate") > duplicates_before,
+        lambda: sample("warmi_event_duplicates_total", service="notifications", event_type="case_opened") > duplicates_before,
         message="the repeat to be recognised",
     )
     assert len(stack.smtp.messages()) == 1

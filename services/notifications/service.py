@@ -51,7 +51,7 @@ class NotificationsService:
             event = load_event(body, "case_opened")
         except ValidationError:
             raise PermanentFailure("malformed case_opened event") from None
-        handlers.notify_case_opened(
+        handled = handlers.notify_case_opened(
             UnitOfWork(self.db.session),
             self.channels.senders,
             self.channels.renderer,
@@ -59,6 +59,8 @@ class NotificationsService:
             public_url=self.channels.public_url,
             outcome=record_outcome,
         )
+        if not handled:
+            metrics.EVENT_DUPLICATES.labels(self.name, "case_opened").inc()
 
     @rpc(expected_exceptions=EXPECTED)
     def case_notifications(self, caller: dict, case_id: str) -> dict:

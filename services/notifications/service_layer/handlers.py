@@ -44,19 +44,18 @@ def notify_case_opened(
     public_url: str,
     outcome: Outcome = lambda channel, result: None,
     now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-) -> None:
+) -> bool:
     """Tell every president of the organisation that a case was opened.
 
     Safe to run any number of times for one event: each (event, recipient,
     channel) is planned once, claimed before sending and marked sent after,
     and the event is recorded as handled only when nothing is left to send.
     Raises ``DeliveryFailed`` while anything is left, so that the event is
-    tried again later.
+    tried again later. Returns False for an event already handled.
     """
     event_id = str(event["event_id"])
     if uow.handled(event_id, CASE_OPENED):
-        outcome("any", "duplicate")
-        return
+        return False
     organization_id = str(event["organization_id"])
     presidents = model.recipients_for_case_opened(uow.recipients(organization_id))
     if not presidents:
@@ -110,6 +109,7 @@ def notify_case_opened(
         raise model.DeliveryFailed(f"{unfinished} deliveries left")
     uow.mark_handled(event_id, CASE_OPENED)
     uow.commit()
+    return True
 
 
 def case_notifications(uow: UnitOfWork, *, organization_id: str, case_id: str) -> dict:
