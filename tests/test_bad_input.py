@@ -101,3 +101,14 @@ def test_a_focal_point_reads_only_the_cases_she_opened(running):
     assert stack.get_case(org["focal_point"]["token"], mine["id"]).status_code == 200
     assert stack.get_case(org["focal_point"]["token"], str(uuid.uuid4())).status_code == 404
     assert stack.get_case(org["focal_point"]["token"], "not-a-uuid").status_code == 404
+
+
+def test_unknown_paths_and_methods_answer_in_the_api_error_format(running):
+    stack, _ = running
+
+    missing = requests.get(f"{stack.url}/api/v1/nothing-here", timeout=10)
+    wrong_method = requests.delete(f"{stack.url}/api/v1/cases", timeout=10)
+
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["code"] == "method_not_allowed"
+    assert "POST" in wrong_method.headers["Allow"]

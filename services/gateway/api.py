@@ -8,6 +8,9 @@ from typing import Callable
 
 import eventlet
 from nameko.exceptions import RemoteError, UnknownService
+from nameko.web.handlers import HttpRequestHandler
+from nameko.web.server import WebServer, WsgiApp
+from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from contracts.errors import Conflict, Forbidden, InvalidInput, NotFound, WarmiError
@@ -94,3 +97,34 @@ def endpoint(fn: Callable) -> Callable:
             return error_response(500, "internal", "something went wrong on our side")
 
     return wrapper
+
+
+class _JsonErrorsApp(WsgiApp):
+    """Unknown paths and wrong methods answer in the API's error format too."""
+
+    def __call__(self, environ, start_response):
+        request = Request(environ, shallow=True)
+        adapter = self.url_map.bind_to_environ(environ)
+        try:
+            provider, values = adapter.match()
+        except HTTPException as exc:
+            headers = {"Allow": ", ".join(exc.valid_methods)} if getattr(exc, "valid_methods", None) else None
+            code = (exc.name or "error").lower().replace(" ", "_")
+            response = error_response(exc.code or 400, code, exc.description or exc.name, headers=headers)
+            return response(environ, start_response)
+        request.path_values = values
+        return provider.handle_request(request)(environ, start_response)
+
+
+class ApiServer(WebServer):
+    def get_wsgi_app(self):
+        return _JsonErrorsApp(self)
+
+
+class ApiRoute(HttpRequestHandler):
+    """``@route(method, url)``: an HTTP entrypoint served by ``ApiServer``."""
+
+    server = ApiServer()
+
+
+route = ApiRoute.decorator

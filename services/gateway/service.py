@@ -5,13 +5,12 @@ from __future__ import annotations
 import uuid
 
 from nameko.rpc import RpcProxy
-from nameko.web.handlers import http
 from werkzeug.wrappers import Request, Response
 
 from servicekit.database import Database
 from servicekit.telemetry import Telemetry
 from services.gateway import identity
-from services.gateway.api import HttpError, call, endpoint, json_response, read_json
+from services.gateway.api import HttpError, call, endpoint, json_response, read_json, route
 
 
 class GatewayService:
@@ -30,12 +29,12 @@ class GatewayService:
             )
         return principal
 
-    @http("GET", "/api/v1/health")
+    @route("GET", "/api/v1/health")
     @endpoint
     def health(self, request: Request) -> Response:
         return json_response(200, {"status": "ok"})
 
-    @http("POST", "/api/v1/cases")
+    @route("POST", "/api/v1/cases")
     @endpoint
     def open_case(self, request: Request) -> Response:
         principal = self._principal(request)
@@ -54,7 +53,7 @@ class GatewayService:
         case = call(self.cases.open_case, principal.as_caller(), body)
         return json_response(201, case, {"Location": f"/api/v1/cases/{case['id']}"})
 
-    @http("GET", "/api/v1/cases/<string:case_id>")
+    @route("GET", "/api/v1/cases/<string:case_id>")
     @endpoint
     def get_case(self, request: Request, case_id: str) -> Response:
         principal = self._principal(request)

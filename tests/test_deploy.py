@@ -1,0 +1,488 @@
+"""Offline checks of the deployment descriptions: docker-compose.yml, deploy/.
+
+Nothing here starts a container or talks to a cluster. The external tools are
+run as subprocesses: check-jsonschema and kubernetes-validate from this
+virtual environment, promtool (Debian's prometheus package) and kubectl from
+PATH. A missing tool skips its test on a workstation and fails it in CI.
+
+These tests read the project's files as text; they import none of its code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+DEPLOY = ROOT / "deploy"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+ALERTS_TEST = DEPLOY / "prometheus" / "alerts_test.yml"
+DASHBOARD = DEPLOY / "grafana" / "warmi-dashboard.json"
+KUSTOMIZE_DIR = DEPLOY / "kubernetes"
+VENV_BIN = Path(sys.executable).parent
+
+# The oldest Kubernetes minor the manifests promise to work on, and a recent one.
+KUBERNETES_VERSIONS = ("1.30.0", "1.34.0")
+
+# Every metric Warmi exports (servicekit/metrics.py), as Prometheus stores it.
+WARMI_METRICS = {
+    "warmi_rpc_duration_seconds",
+    "warmi_event_handler_duration_seconds",
+    "warmi_http_request_duration_seconds",
+    "warmi_http_responses_total",
+    "warmi_handler_failures_total",
+    "warmi_event_retries_total",
+    "warmi_event_dead_lettered_total",
+    "warmi_event_duplicates_total",
+    "warmi_outbox_pending_messages",
+    "warmi_outbox_oldest_pending_age_seconds",
+    "warmi_outbox_published_total",
+    "warmi_outbox_publish_failures_total",
+    "warmi_notifications_total",
+}
+WARMI_HISTOGRAMS = {
+    "warmi_rpc_duration_seconds",
+    "warmi_event_handler_duration_seconds",
+    "warmi_http_request_duration_seconds",
+}
+# Not Warmi's own: Prometheus' scrape health, and RabbitMQ's per-object queue depth.
+OTHER_METRICS = {"up", "rabbitmq_queue_messages_ready"}
+
+PROCESSES = {  # process -> metrics port
+    "cases": 9101,
+    "notifications": 9102,
+    "referrals": 9103,
+    "gateway": 9104,
+}
+# A Fernet key: 32 bytes, urlsafe base64 -> 43 characters and "=".
+FERNET_KEY = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}=")
+
+
+# --- helpers ------------------------------------------------------------------
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _missing(tool: str, hint: str):
+    reason = f"{tool} is not installed ({hint})"
+    if _in_ci():
+        pytest.fail(f"{reason}; CI must run every deployment check", pytrace=False)
+    pytest.skip(reason)
+
+
+def venv_tool(name: str, package: str) -> str:
+    """An executable installed in this virtual environment (by pip)."""
+    path = VENV_BIN / name
+    if not path.is_file():
+        _missing(name, f"pip install {package} into {VENV_BIN.parent}")
+    return str(path)
+
+
+def system_tool(name: str, hint: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        _missing(name, hint)
+    return path
+
+
+def run(*args: str, timeout: int = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        list(args), capture_output=True, text=True, cwd=ROOT, timeout=timeout, check=False
+    )
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, (
+        f"{' '.join(result.args)} exited {result.returncode}\n"
+        f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    )
+
+
+def load_yaml(path: Path):
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def config_variables() -> set[str]:
+    """Environment variables the services' config.yaml files read (${VAR:default})."""
+    found: set[str] = set()
+    for path in (ROOT / "services").glob("*/config.yaml"):
+        found |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):", path.read_text()))
+    assert found, "no ${VAR:default} found in services/*/config.yaml"
+    return found
+
+
+# Variables a Warmi process reads outside config.yaml.
+EXTRA_VARIABLES = {"WARMI_HOME", "DATABASE_URL"}
+
+_PROMQL_WORDS = {
+    "and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
+    "group_left", "group_right", "inf", "nan", "atan2",
+}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (a small, strict scanner).
+
+    Drops strings, comments, label matchers, range and subquery brackets and
+    grouping clauses; what remains that is an identifier and not a function
+    call or a keyword is a metric name.
+    """
+    text = re.sub(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`', '""', expr)
+    text = re.sub(r"#[^\n]*", " ", text)
+    text = re.sub(r"\{[^{}]*\}", " ", text)
+    text = re.sub(r"\[[^\[\]]*\]", " ", text)
+    text = re.sub(
+        r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", " ", text
+    )
+    names = set()
+    for match in re.finditer(r"(?<![\w.$])([A-Za-z_:][A-Za-z0-9_:]*)\b(\s*\()?", text):
+        word, call = match.group(1), match.group(2)
+        if call or word.lower() in _PROMQL_WORDS:
+            continue
+        names.add(word)
+    return names
+
+
+def known(name: str) -> bool:
+    if name in WARMI_METRICS or name in OTHER_METRICS:
+        return True
+    base, _, suffix = name.rpartition("_")
+    return suffix in ("bucket", "sum", "count") and base in WARMI_HISTOGRAMS
+
+
+def alert_rules() -> list[dict]:
+    return [rule for group in load_yaml(ALERTS)["groups"] for rule in group["rules"]]
+
+
+def dashboard_targets() -> list[tuple[str, dict]]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [(panel["title"], target) for panel in dashboard["panels"] for target in panel.get("targets", [])]
+
+
+# --- docker-compose.yml -------------------------------------------------------
+
+
+def test_compose_file_matches_the_compose_specification():
+    tool = venv_tool("check-jsonschema", "check-jsonschema")
+    assert_ok(run(tool, "--builtin-schema", "vendor.compose-spec", str(COMPOSE)))
+
+
+def test_compose_runs_every_process_after_the_migration():
+    services = load_yaml(COMPOSE)["services"]
+    assert services["migrate"]["command"] == ["migrate"]
+    assert services["migrate"]["restart"] == "no"
+    for process in PROCESSES:
+        service = services[process]
+        assert service["command"] == ["serve", process]
+        assert service["image"] == services["migrate"]["image"]
+        assert service["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+        assert service["depends_on"]["rabbitmq"] == {"condition": "service_healthy"}
+        assert "healthcheck" in service, f"{process} has no healthcheck"
+    assert services["migrate"]["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert any(port.endswith(":8000") for port in services["gateway"]["ports"])
+    assert services["gateway"]["environment"]["GATEWAY_ADDRESS"] == "0.0.0.0:8000"
+    assert "/api/v1/health" in " ".join(services["gateway"]["healthcheck"]["test"])
+
+
+def test_compose_environment_names_what_the_services_read():
+    services = load_yaml(COMPOSE)["services"]
+    readable = config_variables() | EXTRA_VARIABLES
+    for name in ("migrate", *PROCESSES):
+        unknown = set(services[name]["environment"]) - readable
+        assert not unknown, f"{name} sets variables no service reads: {sorted(unknown)}"
+    migrate_env = services["migrate"]["environment"]
+    for db in ("CASES", "NOTIFICATIONS", "GATEWAY"):
+        url = migrate_env[f"{db}_DATABASE_URL"]
+        assert url.startswith("postgresql://") and url.endswith(f"/warmi_{db.lower()}")
+        assert services[db.lower()]["environment"][f"{db}_DATABASE_URL"] == url
+    for process, port in PROCESSES.items():
+        env = services[process]["environment"]
+        assert env[f"{process.upper()}_METRICS_ADDRESS"] == f"0.0.0.0:{port}"
+        assert env["AMQP_URI"].startswith("amqp://") and "@rabbitmq:5672/" in env["AMQP_URI"]
+    assert services["notifications"]["environment"]["SMTP_URL"] == "smtp://mailpit:1025"
+
+
+def test_compose_requires_the_encryption_keys_from_the_environment():
+    keys = load_yaml(COMPOSE)["services"]["cases"]["environment"]["CASES_ENCRYPTION_KEYS"]
+    assert keys.startswith("${CASES_ENCRYPTION_KEYS:?"), keys
+
+
+def test_postgres_init_creates_one_database_per_service():
+    services = load_yaml(COMPOSE)["services"]
+    assert "./deploy/postgres/init.sql:/docker-entrypoint-initdb.d/init.sql:ro" in services["postgres"]["volumes"]
+    sql = (DEPLOY / "postgres" / "init.sql").read_text()
+    created = set(re.findall(r"CREATE DATABASE (\w+);", sql))
+    assert created == {"warmi_cases", "warmi_notifications", "warmi_gateway"}
+
+
+def test_no_key_material_in_the_deployment_files():
+    files = [COMPOSE, ROOT / "Dockerfile", *sorted(p for p in DEPLOY.rglob("*") if p.is_file())]
+    for path in files:
+        text = path.read_text()
+        assert not FERNET_KEY.search(text), f"{path.relative_to(ROOT)} holds what looks like a Fernet key"
+        assert not re.search(r"^kind:\s*Secret\s*$", text, re.M), f"{path.relative_to(ROOT)} defines a Secret"
+
+
+# --- Prometheus ---------------------------------------------------------------
+
+
+def test_prometheus_scrapes_every_process_and_rabbitmq():
+    compose = load_yaml(COMPOSE)["services"]
+    jobs = {job["job_name"]: job for job in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]}
+    targets = {t for job in jobs.values() for sc in job["static_configs"] for t in sc["targets"]}
+    for process, port in PROCESSES.items():
+        assert process in compose
+        assert f"{process}:{port}" in targets
+    assert jobs["rabbitmq"]["static_configs"][0]["targets"] == ["rabbitmq:15692"]
+    # per-queue series (rabbitmq_queue_messages_ready{queue=...}) need this path
+    assert jobs["rabbitmq"]["metrics_path"] == "/metrics/per-object"
+
+
+def test_prometheus_config_and_its_rules_are_valid():
+    promtool = system_tool("promtool", "apt-get install prometheus")
+    # also loads alerts.yml, named relative to prometheus.yml
+    assert_ok(run(promtool, "check", "config", str(PROMETHEUS_CONFIG)))
+    assert_ok(run(promtool, "check", "rules", str(ALERTS)))
+
+
+def test_alert_rules_pass_their_unit_tests():
+    promtool = system_tool("promtool", "apt-get install prometheus")
+    result = run(promtool, "test", "rules", str(ALERTS_TEST))
+    assert_ok(result)
+    assert "SUCCESS" in result.stdout
+
+
+def test_alert_unit_tests_cover_several_alerts():
+    tested = {
+        case["alertname"]
+        for test in load_yaml(ALERTS_TEST)["tests"]
+        for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
+    defined = {rule["alert"] for rule in alert_rules()}
+    assert tested <= defined
+    assert len(tested) >= 2
+
+
+def test_the_expected_alerts_exist():
+    rules = {rule["alert"]: rule for rule in alert_rules()}
+    expressions = " ".join(rule["expr"] for rule in rules.values())
+    for metric in (
+        "warmi_outbox_oldest_pending_age_seconds",
+        "warmi_event_dead_lettered_total",
+        "rabbitmq_queue_messages_ready",
+        "warmi_handler_failures_total",
+        "warmi_http_responses_total",
+        "warmi_rpc_duration_seconds_bucket",
+    ):
+        assert metric in expressions, f"no alert reads {metric}"
+    assert any(re.fullmatch(r"up\s*==\s*0", rule["expr"].strip()) for rule in rules.values())
+    for name, rule in rules.items():
+        assert rule["labels"]["severity"] in ("warning", "critical"), name
+        assert rule["annotations"].get("summary"), name
+
+
+def test_alerts_name_only_known_metrics():
+    for rule in alert_rules():
+        names = metric_names(rule["expr"])
+        assert names, f"{rule['alert']}: no metric found in {rule['expr']!r}"
+        unknown = {n for n in names if not known(n)}
+        assert not unknown, f"{rule['alert']} names unknown metrics {sorted(unknown)}"
+
+
+def test_the_metric_list_matches_the_code():
+    """WARMI_METRICS is kept here by hand; the code must still declare each name."""
+    source = "\n".join(p.read_text() for p in (ROOT / "servicekit").rglob("*.py"))
+    declared = set(re.findall(r"[\"'](warmi_[a-z0-9_]+)[\"']", source))
+    assert WARMI_METRICS <= declared, f"no longer in the code: {sorted(WARMI_METRICS - declared)}"
+
+
+def test_metric_name_scanner():
+    expr = (
+        'sum by (service, le) (rate(warmi_rpc_duration_seconds_bucket{service="cases", le=~".+"}[5m]))'
+        ' / on (service) group_left () max without (instance) (up offset 1h) > bool 0'
+        ' or rabbitmq_queue_messages_ready{queue=~".+\\\\.dead"} unless warmi_typo_total'
+    )
+    assert metric_names(expr) == {
+        "warmi_rpc_duration_seconds_bucket", "up", "rabbitmq_queue_messages_ready", "warmi_typo_total"
+    }
+    assert not known("warmi_typo_total")
+    assert known("warmi_rpc_duration_seconds_bucket")
+    assert not known("warmi_outbox_pending_messages_bucket")
+
+
+# --- Grafana ------------------------------------------------------------------
+
+
+def test_dashboard_panels_each_query_warmi_or_rabbitmq():
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["panels"], "the dashboard has no panels"
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids repeat"
+    for panel in dashboard["panels"]:
+        exprs = [t.get("expr", "") for t in panel.get("targets", [])]
+        assert any(re.search(r"\bwarmi_\w+|\brabbitmq_\w+", e) for e in exprs), (
+            f"panel {panel.get('title')!r} queries no warmi_ or rabbitmq metric"
+        )
+
+
+def test_dashboard_shows_the_essentials():
+    exprs = " ".join(target["expr"] for _, target in dashboard_targets())
+    for needle in (
+        "warmi_http_responses_total",
+        "histogram_quantile(0.5,",
+        "histogram_quantile(0.99,",
+        "warmi_outbox_pending_messages",
+        "warmi_notifications_total",
+        "warmi_event_retries_total",
+        "warmi_event_dead_lettered_total",
+    ):
+        assert needle in exprs, f"the dashboard does not show {needle}"
+
+
+def test_dashboard_names_only_known_metrics():
+    for title, target in dashboard_targets():
+        unknown = {n for n in metric_names(target["expr"]) if not known(n)}
+        assert not unknown, f"panel {title!r} names unknown metrics {sorted(unknown)}"
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path):
+    promtool = system_tool("promtool", "apt-get install prometheus")
+    rules = [
+        # Grafana fills in $__rate_interval; any duration will do for a parse
+        {"record": f"dashboard:query_{i}", "expr": target["expr"].replace("$__rate_interval", "5m")}
+        for i, (_, target) in enumerate(dashboard_targets())
+    ]
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    assert_ok(run(promtool, "check", "rules", str(path)))
+
+
+# --- Kubernetes ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rendered() -> str:
+    kubectl = system_tool("kubectl", "install kubectl; `kubectl kustomize` needs no cluster")
+    result = run(kubectl, "kustomize", str(KUSTOMIZE_DIR))
+    assert_ok(result)
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def resources(rendered) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+def test_kubernetes_manifests_match_the_api_schemas(rendered, resources, tmp_path):
+    tool = venv_tool("kubernetes-validate", "kubernetes-validate")
+    # a file, not stdin ("-"): the tool reads its input once per version
+    manifests = tmp_path / "warmi.yaml"
+    manifests.write_text(rendered)
+    args = [tool, "--strict"]
+    for version in KUBERNETES_VERSIONS:
+        args += ["-k", version]
+    result = run(*args, str(manifests))
+    assert_ok(result)
+    output = result.stdout + result.stderr
+    assert "WARN" not in output and "ERROR" not in output, output
+    passed = len(re.findall(r"^INFO .* passed for resource", output, re.M))
+    assert passed == len(resources) * len(KUBERNETES_VERSIONS), output
+
+
+def _by_kind(resources, kind):
+    return {r["metadata"]["name"]: r for r in resources if r["kind"] == kind}
+
+
+def _pod_spec(resource) -> dict:
+    return resource["spec"]["template"]["spec"]
+
+
+def test_kubernetes_runs_every_process_and_the_migration(resources):
+    deployments = _by_kind(resources, "Deployment")
+    services = _by_kind(resources, "Service")
+    assert set(deployments) == {f"warmi-{p}" for p in PROCESSES}
+    assert set(services) == {f"warmi-{p}" for p in PROCESSES}
+    for process, port in PROCESSES.items():
+        container = _pod_spec(deployments[f"warmi-{process}"])["containers"][0]
+        assert container["args"] == ["serve", process]
+        assert {"name": "metrics", "containerPort": port} in container["ports"]
+        annotations = deployments[f"warmi-{process}"]["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(port)
+    (job,) = _by_kind(resources, "Job").values()
+    assert _pod_spec(job)["containers"][0]["args"] == ["migrate"]
+    assert {r["metadata"].get("namespace") for r in resources if r["kind"] != "Namespace"} == {"warmi"}
+
+
+def test_kubernetes_probes(resources):
+    for name, deployment in _by_kind(resources, "Deployment").items():
+        container = _pod_spec(deployment)["containers"][0]
+        path, port = ("/api/v1/health", "http") if name == "warmi-gateway" else ("/metrics", "metrics")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["httpGet"] == {"path": path, "port": port}, (name, probe)
+
+
+def test_kubernetes_pods_are_restricted_and_bounded(resources):
+    workloads = [*_by_kind(resources, "Deployment").values(), *_by_kind(resources, "Job").values()]
+    for workload in workloads:
+        name = workload["metadata"]["name"]
+        spec = _pod_spec(workload)
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for container in spec["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["capabilities"]["drop"] == ["ALL"], name
+            assert container["resources"]["requests"]["memory"], name
+            assert container["resources"]["limits"]["memory"] == "256Mi", name
+
+
+def test_kubernetes_secrets_are_referenced_not_defined(resources):
+    assert not _by_kind(resources, "Secret"), "the kustomization must not define a Secret"
+    readable = config_variables() | EXTRA_VARIABLES
+    workloads = [*_by_kind(resources, "Deployment").values(), *_by_kind(resources, "Job").values()]
+    referenced = set()
+    for workload in workloads:
+        for container in _pod_spec(workload)["containers"]:
+            for var in container.get("env", []):
+                assert var["name"] in readable, f"{var['name']} is read by no service"
+                ref = var["valueFrom"]["secretKeyRef"]
+                assert ref["name"] == "warmi-secrets" and ref["key"] == var["name"]
+                referenced.add(var["name"])
+    assert referenced == {
+        "AMQP_URI", "CASES_DATABASE_URL", "NOTIFICATIONS_DATABASE_URL", "GATEWAY_DATABASE_URL",
+        "CASES_ENCRYPTION_KEYS", "SMTP_URL",
+    }
+    cases = _pod_spec(_by_kind(resources, "Deployment")["warmi-cases"])["containers"][0]
+    assert "CASES_ENCRYPTION_KEYS" in {var["name"] for var in cases["env"]}
+
+
+def test_kubernetes_config_map_holds_only_known_settings(resources):
+    (config_map,) = _by_kind(resources, "ConfigMap").values()
+    data = config_map["data"]
+    unknown = set(data) - (config_variables() | EXTRA_VARIABLES)
+    assert not unknown, f"the ConfigMap sets variables no service reads: {sorted(unknown)}"
+    assert data["GATEWAY_ADDRESS"] == "0.0.0.0:8000"
+    for process, port in PROCESSES.items():
+        assert data[f"{process.upper()}_METRICS_ADDRESS"] == f"0.0.0.0:{port}"
+
+
+def test_kubernetes_gateway_has_a_disruption_budget(resources):
+    budgets = list(_by_kind(resources, "PodDisruptionBudget").values())
+    gateway = _by_kind(resources, "Deployment")["warmi-gateway"]
+    selector = gateway["spec"]["selector"]["matchLabels"]
+    assert any(b["spec"]["selector"]["matchLabels"] == selector for b in budgets)
+    assert gateway["spec"]["replicas"] >= 2
