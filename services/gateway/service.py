@@ -22,7 +22,10 @@ class GatewayService:
     notifications = RpcProxy("notifications")
 
     def _principal(self, request: Request) -> identity.Principal:
-        principal = identity.authenticate(self.db.session, request.headers.get("Authorization"))
+        try:
+            principal = identity.authenticate(self.db.session, request.headers.get("Authorization"))
+        finally:
+            self.db.close()  # hand the connection back before waiting on other services
         if principal is None:
             raise HttpError(
                 401, "unauthenticated", "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
@@ -48,7 +51,9 @@ class GatewayService:
         org = body.get("organization_id")
         if isinstance(org, str) and org != principal.organization_id:
             # the service checks this too; the gateway answers without a round trip
-            if not _is_uuid(org) or not identity.organization_exists(self.db.session, org):
+            known = _is_uuid(org) and identity.organization_exists(self.db.session, org)
+            self.db.close()
+            if not known:
                 raise HttpError(422, "invalid_input", "unknown organisation", {"organization_id": ["unknown organisation"]})
         case = call(self.cases.open_case, principal.as_caller(), body)
         return json_response(201, case, {"Location": f"/api/v1/cases/{case['id']}"})

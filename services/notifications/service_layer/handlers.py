@@ -88,6 +88,7 @@ def notify_case_opened(
             timezone=tz_name,
             link=link,
         )
+        uow.commit()  # no transaction (nor SQLite's one connection) held while SMTP talks
         try:
             senders[delivery.channel].send(
                 recipient.address, message, message_key=f"{event_id}:{recipient.user_id}:{delivery.channel}"
