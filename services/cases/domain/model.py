@@ -4,16 +4,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
 
 from services.cases.domain.access import Caller
-
-
-class CaseStatus(str, Enum):
-    OPEN = "open"
-    IN_PROGRESS = "in_progress"
-    CLOSED = "closed"
-    REOPENED = "reopened"
+from services.cases.domain.status import CaseStatus
 
 
 @dataclass(frozen=True)
