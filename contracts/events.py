@@ -10,18 +10,77 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from contracts.envelope import EnvelopeSchema, new_event_id, utcnow
 
+PURPOSES = ("case_management", "referral", "aggregate_reporting")
 
-class CaseOpenedData(Schema):
+
+class _Data(Schema):
     class Meta:
         unknown = RAISE
 
+
+class CaseOpenedData(_Data):
     survivor_code = fields.String(required=True)
     opened_by = fields.UUID(required=True)
     opened_at = fields.AwareDateTime(required=True)
+
+
+class CaseUpdatedData(_Data):
+    changed = fields.List(fields.String(), required=True)  # field names, never values
+
+
+class CaseClassifiedData(_Data):
+    # the incident type stays in the case: per organisation it would identify
+    classified_by = fields.UUID(required=True)
+
+
+class RiskChangedData(_Data):
+    risk_level = fields.String(required=True, validate=validate.OneOf(["low", "medium", "high"]))
+    changed_by = fields.UUID(required=True)
+
+
+class ConsentRecordedData(_Data):
+    consent_id = fields.UUID(required=True)
+    purpose = fields.String(required=True, validate=validate.OneOf(PURPOSES))
+    provider_id = fields.UUID(allow_none=True, load_default=None)
+    recorded_by = fields.UUID(required=True)
+
+
+class ConsentWithdrawnData(_Data):
+    consent_id = fields.UUID(required=True)
+    purpose = fields.String(required=True, validate=validate.OneOf(PURPOSES))
+    withdrawn_by = fields.UUID(required=True)
+    cancelled_steps = fields.List(fields.String(), required=True)
+
+
+class StepCompletedData(_Data):
+    step_id = fields.String(required=True)
+    completed_by = fields.UUID(required=True)
+    completed_at = fields.AwareDateTime(required=True)
+    outcome = fields.String(required=True, validate=validate.OneOf(["done", "declined"]))
+
+
+class StepAlertData(_Data):
+    step_id = fields.String(required=True)
+    due_at = fields.AwareDateTime(required=True)
+    responsible = fields.List(fields.String(), required=True)
+
+
+class StepEscalatedData(StepAlertData):
+    rung = fields.String(required=True, validate=validate.OneOf(["president", "supervisor"]))
+
+
+class CaseClosedData(_Data):
+    closed_by = fields.UUID(required=True)
+    reason = fields.String(required=True, validate=validate.OneOf(["survivor_agreed", "lost_contact"]))
+
+
+class CaseReopenedData(_Data):
+    reopened_by = fields.UUID(required=True)
+    reason = fields.String(required=True)
 
 
 @dataclass(frozen=True)
@@ -33,26 +92,44 @@ class EventType:
     example: dict
 
 
-CATALOGUE: dict[str, EventType] = {
-    "case_opened": EventType(
-        name="case_opened",
-        version=1,
-        source="cases",
-        schema=CaseOpenedData,
+_ORG = "0c9a3c1e-5f0b-4f7e-8d3a-6b2e1f4c9d70"
+_CASE = "5e1d7c2a-9b3f-4e68-a0d4-c7f2b8e91a36"
+_USER = "a3f9e2c1-7b4d-4c8e-9f1a-2d6b5e0c8f47"
+_AT = "2026-11-20T14:05:00+00:00"
+
+
+def _event(name: str, schema: type[Schema], data: dict) -> EventType:
+    return EventType(
+        name=name, version=1, source="cases", schema=schema,
         example={
-            "event_id": "7f2b6a9e-3c1d-4a57-9b8e-2d4f6a1c0e93",
-            "type": "case_opened",
-            "version": 1,
-            "occurred_at": "2026-11-20T14:05:00+00:00",
-            "organization_id": "0c9a3c1e-5f0b-4f7e-8d3a-6b2e1f4c9d70",
-            "case_id": "5e1d7c2a-9b3f-4e68-a0d4-c7f2b8e91a36",
-            "data": {
-                "survivor_code": "CEC-2026-0001",
-                "opened_by": "a3f9e2c1-7b4d-4c8e-9f1a-2d6b5e0c8f47",
-                "opened_at": "2026-11-20T14:05:00+00:00",
-            },
+            "event_id": "7f2b6a9e-3c1d-4a57-9b8e-2d4f6a1c0e93", "type": name, "version": 1,
+            "occurred_at": _AT, "organization_id": _ORG, "case_id": _CASE, "data": data,
         },
-    ),
+    )
+
+
+CATALOGUE: dict[str, EventType] = {
+    e.name: e
+    for e in (
+        _event("case_opened", CaseOpenedData, {"survivor_code": "CEC-2026-0001", "opened_by": _USER, "opened_at": _AT}),
+        _event("case_updated", CaseUpdatedData, {"changed": ["incident_at", "place"]}),
+        _event("case_classified", CaseClassifiedData, {"classified_by": _USER}),
+        _event("risk_changed", RiskChangedData, {"risk_level": "high", "changed_by": _USER}),
+        _event("consent_recorded", ConsentRecordedData, {
+            "consent_id": "d1c8e0a4-2b7f-4e5a-9c3d-6f1b2a8e7c90", "purpose": "referral",
+            "provider_id": "e4b2c9d1-8a3f-4b6e-a1c7-5d9f0e2b3a84", "recorded_by": _USER}),
+        _event("consent_withdrawn", ConsentWithdrawnData, {
+            "consent_id": "d1c8e0a4-2b7f-4e5a-9c3d-6f1b2a8e7c90", "purpose": "referral", "withdrawn_by": _USER,
+            "cancelled_steps": ["R3", "R6"]}),
+        _event("step_completed", StepCompletedData, {
+            "step_id": "R0", "completed_by": _USER, "completed_at": _AT, "outcome": "done"}),
+        _event("step_due_soon", StepAlertData, {"step_id": "R1", "due_at": _AT, "responsible": ["case_lead"]}),
+        _event("step_overdue", StepAlertData, {"step_id": "R1", "due_at": _AT, "responsible": ["case_lead"]}),
+        _event("step_escalated", StepEscalatedData, {
+            "step_id": "R1", "due_at": _AT, "responsible": ["case_lead"], "rung": "president"}),
+        _event("case_closed", CaseClosedData, {"closed_by": _USER, "reason": "survivor_agreed"}),
+        _event("case_reopened", CaseReopenedData, {"reopened_by": _USER, "reason": "new_incident"}),
+    )
 }
 
 

@@ -13,6 +13,15 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 from contracts.errors import InvalidInput
 
 ROLES = ("focal_point", "case_lead", "president", "supervisor", "programme", "operator")
+PLACES = ("mine_site", "camp", "processing_plant", "home", "public_space", "other", "unknown")
+PERPETRATOR_RELATIONSHIPS = ("co_worker", "supervisor", "partner", "family", "buyer_trader", "unknown", "other")
+CONTEXT_FLAGS = ("intimate_partner_violence", "workplace_harassment", "possible_sexual_exploitation")
+QUESTIONS = ("rape", "sexual_assault", "physical_assault", "forced_marriage", "denial_of_resources",
+             "psychological_abuse")
+INCIDENT_TYPES = QUESTIONS + ("non_gbv",)
+RISK_LEVELS = ("low", "medium", "high")
+CONSENT_PURPOSES = ("case_management", "referral", "aggregate_reporting")
+DATA_CATEGORIES = ("contact", "incident_summary", "medical", "protection_needs", "identity")
 AGE_GROUPS = ("0-11", "12-17", "18-25", "26-40", "41-60", "61+", "unknown")
 SEXES = ("female", "male", "other", "unknown")
 
@@ -26,6 +35,7 @@ class CallerSchema(Strict):
     user_id = fields.UUID(required=True)
     organization_id = fields.UUID(required=True)
     roles = fields.List(fields.String(validate=validate.OneOf(ROLES)), required=True)
+    supervised_organization_ids = fields.List(fields.UUID(), load_default=list)
 
 
 class OpenCaseSchema(Strict):
@@ -45,12 +55,93 @@ class OpenCaseSchema(Strict):
     idempotency_key = fields.String(
         load_default=None, allow_none=True, validate=validate.Length(min=1, max=100)
     )
+    minor = fields.Boolean(load_default=False)
+    disability = fields.Boolean(load_default=None, allow_none=True)
+    place = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(PLACES))
+    perpetrator_relationship = fields.String(
+        load_default=None, allow_none=True, validate=validate.OneOf(PERPETRATOR_RELATIONSHIPS)
+    )
+    context_flags = fields.List(fields.String(validate=validate.OneOf(CONTEXT_FLAGS)), load_default=None)
+
+
+class Versioned(Strict):
+    version = fields.Integer(required=True, validate=validate.Range(min=1))
+
+
+class UpdateCaseSchema(Versioned):
+    age_group = fields.String(validate=validate.OneOf(AGE_GROUPS))
+    sex = fields.String(validate=validate.OneOf(SEXES))
+    incident_at = fields.AwareDateTime(allow_none=True)
+    minor = fields.Boolean()
+    disability = fields.Boolean(allow_none=True)
+    place = fields.String(allow_none=True, validate=validate.OneOf(PLACES))
+    perpetrator_relationship = fields.String(allow_none=True, validate=validate.OneOf(PERPETRATOR_RELATIONSHIPS))
+    context_flags = fields.List(fields.String(validate=validate.OneOf(CONTEXT_FLAGS)))
+
+
+class ClassifySchema(Versioned):
+    answers = fields.Dict(keys=fields.String(validate=validate.OneOf(QUESTIONS)), values=fields.Raw(), load_default=None)
+    incident_type = fields.String(load_default=None, validate=validate.OneOf(INCIDENT_TYPES))
+
+
+class RiskSchema(Versioned):
+    risk_level = fields.String(required=True, validate=validate.OneOf(RISK_LEVELS))
+
+
+class AssignLeadSchema(Versioned):
+    case_lead_id = fields.UUID(required=True)
+
+
+class ExcludeSchema(Versioned):
+    user_id = fields.UUID(required=True)
+
+
+class ConsentSchema(Strict):
+    purpose = fields.String(required=True, validate=validate.OneOf(CONSENT_PURPOSES))
+    given_by = fields.String(required=True, validate=validate.OneOf(("survivor", "caregiver")))
+    provider_id = fields.UUID(load_default=None, allow_none=True)
+    data_shared = fields.List(fields.String(validate=validate.OneOf(DATA_CATEGORIES)), load_default=list)
+    child_assent = fields.Boolean(load_default=None, allow_none=True)
+
+
+class CompleteStepSchema(Strict):
+    outcome = fields.String(load_default="done", validate=validate.OneOf(("done", "declined")))
+    note = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=5000))
+
+
+class CloseSchema(Versioned):
+    reason = fields.String(required=True, validate=validate.OneOf(("survivor_agreed", "lost_contact")))
+
+
+class ReopenSchema(Versioned):
+    reason = fields.String(required=True, validate=validate.Regexp(r"^[a-z_]{2,32}$"))
+
+
+class ListFilterSchema(Strict):
+    status = fields.String(validate=validate.OneOf(("open", "in_progress", "closed", "reopened")))
+    risk_level = fields.String(validate=validate.OneOf(RISK_LEVELS))
+    overdue = fields.Boolean()
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=100000))
+    per_page = fields.Integer(load_default=25, validate=validate.Range(min=1, max=100))
+
+
+class StatisticsFilterSchema(Strict):
+    from_ = fields.AwareDateTime(data_key="from", load_default=None)
+    to = fields.AwareDateTime(load_default=None)
 
 
 class CaseViewSchema(Schema):
     """A case as the API shows it in a list or after opening; no narrative."""
 
     id = fields.UUID()
+    version = fields.Integer()
+    minor = fields.Boolean()
+    risk_level = fields.String(allow_none=True)
+    incident_type = fields.String(allow_none=True)
+    delay_bucket = fields.String(allow_none=True)
+    case_lead_id = fields.UUID(allow_none=True)
+    child_sexual_abuse = fields.Boolean()
+    mandatory_report = fields.Boolean()
     organization_id = fields.UUID()
     survivor_code = fields.String()
     status = fields.String()
@@ -85,3 +176,16 @@ def _flatten(messages) -> dict:
     if isinstance(messages, dict):
         return {str(k): v for k, v in messages.items()}
     return {"_schema": list(messages)}
+
+
+def jsonable(value):
+    """Dates to ISO strings, tuples to lists: what nameko's JSON can carry."""
+    from datetime import datetime
+
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value

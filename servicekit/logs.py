@@ -45,8 +45,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class _DropPayloads(logging.Filter):
+    """nameko logs a whole RPC reply at DEBUG; a case read carries survivor
+    data, so that line never reaches a handler, at any level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("RPC reply event complete")
+
+
+_guard = _DropPayloads()
+
+
+def guard_payload_logs() -> None:
+    logger = logging.getLogger("nameko.rpc")
+    if _guard not in logger.filters:
+        logger.addFilter(_guard)
+
+
 def configure(level: str = "INFO") -> None:
     """Send every logger to stderr as JSON lines."""
+    guard_payload_logs()
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

@@ -70,6 +70,24 @@ def stage(session: Session, table: Table, envelope: dict, *, source: str, header
     )
 
 
+def stage_many(session: Session, table: Table, envelopes: list[dict], *, source: str, headers: dict | None = None) -> None:
+    """Add many envelopes in one statement, inside the caller's transaction."""
+    if not envelopes:
+        return
+    now = datetime.now(timezone.utc)
+    encoded_headers = json.dumps(headers or {})
+    session.execute(
+        insert(table),
+        [
+            {
+                "event_id": e["event_id"], "exchange": f"{source}.events", "routing_key": e["type"],
+                "body": json.dumps(e, separators=(",", ":")), "headers": encoded_headers, "created_at": now,
+            }
+            for e in envelopes
+        ],
+    )
+
+
 class Relay:
     """Publishes pending outbox rows; one ``relay_once`` is one transaction."""
 

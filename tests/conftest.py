@@ -32,10 +32,27 @@ RABBIT_AUTH = ("guest", "guest")
 DATABASE_SERVICES = ("cases", "notifications", "gateway")
 
 
+_ports_given: set = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port for a server of the test. Chosen below the kernel's ephemeral
+    range, so that no outgoing connection can take it before the server binds."""
+    import random
+
+    low, _ = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    for _ in range(200):
+        port = random.randrange(20000, max(20001, low - 1))
+        if port in _ports_given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_given.add(port)
+        return port
+    raise RuntimeError("no free port")
 
 
 def wait_until(predicate, timeout=15.0, interval=0.05, message="condition"):

@@ -47,7 +47,8 @@ def test_reading_a_case_shows_its_notification_status(stack):
     assert shown["survivor_code"] == case["survivor_code"]
     assert shown["notifications"]["deliveries"][0]["channel"] == "email"
     assert shown["notifications"]["deliveries"][0]["recipient_role"] == "president"
-    assert "narrative" not in shown and "survivor_name" not in shown
+    assert shown["narrative"] is None and shown["survivor_name"] is None  # none were given
+    assert [s["step_id"] for s in shown["plan"]["steps"]][:3] == ["R0", "R1", "R2"]
 
 
 def test_an_idempotency_key_makes_a_retried_request_open_one_case(stack):

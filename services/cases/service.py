@@ -2,6 +2,9 @@
 contract schema, calls the service layer, and dumps the result."""
 from __future__ import annotations
 
+import logging
+from datetime import timedelta
+
 from nameko.extensions import DependencyProvider
 from nameko.rpc import rpc
 
@@ -10,13 +13,17 @@ from contracts.errors import EXPECTED
 from servicekit.config import home
 from servicekit.database import Database
 from servicekit.outbox import OutboxRelay
-from servicekit.telemetry import CallHeaders, Telemetry
+from servicekit.telemetry import CallHeaders, Telemetry, configured_timer
 from services.cases.adapters import orm
 from services.cases.adapters.crypto import KeyRing
 from services.cases.domain.access import Caller
+from services.cases.domain.deadlines import AlertPolicy
 from services.cases.domain.model import Case
-from services.cases.service_layer import handlers
+from services.cases.service_layer import handlers, queries
+from services.cases.service_layer.sweep import sweep
 from services.cases.service_layer.unit_of_work import UnitOfWork
+
+log = logging.getLogger(__name__)
 
 
 class Keys(DependencyProvider):
@@ -31,27 +38,66 @@ class Keys(DependencyProvider):
         return self.keyring
 
 
+class Deadlines(DependencyProvider):
+    """The alert policy of the deadline sweep, from configuration."""
+
+    def setup(self) -> None:
+        settings = self.container.config.get("DEADLINES") or {}
+        self.policy = AlertPolicy(
+            due_soon=timedelta(hours=float(settings.get("DUE_SOON_HOURS", 2))),
+            to_president=timedelta(hours=float(settings.get("ESCALATE_TO_PRESIDENT_HOURS", 24))),
+            to_supervisor=timedelta(hours=float(settings.get("ESCALATE_TO_SUPERVISOR_HOURS", 72))),
+        )
+
+    def get_dependency(self, worker_ctx) -> AlertPolicy:
+        return self.policy
+
+
 def caller_from(data) -> Caller:
     loaded = contract.load(contract.CallerSchema(), data)
-    return Caller(str(loaded["user_id"]), str(loaded["organization_id"]), frozenset(loaded["roles"]))
+    return Caller(
+        str(loaded["user_id"]), str(loaded["organization_id"]), frozenset(loaded["roles"]),
+        frozenset(str(o) for o in loaded["supervised_organization_ids"]),
+    )
 
 
 def view(case: Case) -> dict:
     return contract.CaseViewSchema().dump(
         {
             "id": case.id,
+            "version": case.version,
             "organization_id": case.organization_id,
             "survivor_code": case.survivor_code,
             "status": case.status.value,
             "age_group": case.age_group,
             "sex": case.sex,
+            "minor": case.minor,
             "incident_at": case.incident_at,
             "opened_at": case.opened_at,
             "opened_by": case.opened_by,
+            "risk_level": case.risk.value if case.risk else None,
+            "incident_type": case.incident_type.value if case.incident_type else None,
+            "delay_bucket": case.delay_bucket,
+            "case_lead_id": case.case_lead_id,
+            "child_sexual_abuse": case.child_sexual_abuse,
+            "mandatory_report": case.minor,
             "has_narrative": case.narrative_ciphertext is not None,
             "has_survivor_name": case.survivor_name_ciphertext is not None,
         }
     )
+
+
+def detail_view(detail: dict) -> dict:
+    case = detail.pop("case")
+    out = view(case)
+    out.update(
+        place=case.place, perpetrator_relationship=case.perpetrator_relationship,
+        context_flags=sorted(case.context_flags), disability=case.disability,
+        narrative=detail["narrative"], survivor_name=detail["survivor_name"],
+        plan=contract.jsonable(detail["plan"]), consents=contract.jsonable(detail["consents"]),
+        history=contract.jsonable(detail["history"]),
+    )
+    return out
 
 
 class CasesService:
@@ -59,9 +105,9 @@ class CasesService:
 
     db = Database()
     keys = Keys()
+    deadlines = Deadlines()
     relay = OutboxRelay(orm.outbox)
     telemetry = Telemetry()
-
     call_headers = CallHeaders()
 
     def _uow(self) -> UnitOfWork:
@@ -70,12 +116,96 @@ class CasesService:
     @rpc(expected_exceptions=EXPECTED)
     def open_case(self, caller: dict, payload: dict) -> dict:
         command = contract.load(contract.OpenCaseSchema(), payload)
-        case = handlers.open_case(self._uow(), self.keys, caller_from(caller), command)
-        return view(case)
+        return view(handlers.open_case(self._uow(), self.keys, caller_from(caller), command, policy=self.deadlines))
 
     @rpc(expected_exceptions=EXPECTED)
     def get_case(self, caller: dict, case_id: str) -> dict:
-        return view(handlers.get_case(self._uow(), caller_from(caller), str(case_id)))
+        return detail_view(queries.case_detail(self._uow(), self.keys, caller_from(caller), str(case_id)))
+
+    @rpc(expected_exceptions=EXPECTED)
+    def list_cases(self, caller: dict, filters: dict) -> dict:
+        loaded = contract.load(contract.ListFilterSchema(), filters)
+        cases, total = queries.list_cases(self._uow(), caller_from(caller), loaded)
+        return {"items": [view(c) for c in cases], "total": total, "page": loaded["page"],
+                "per_page": loaded["per_page"]}
+
+    @rpc(expected_exceptions=EXPECTED)
+    def update_case(self, caller: dict, case_id: str, payload: dict) -> dict:
+        command = contract.load(contract.UpdateCaseSchema(), payload)
+        return view(handlers.update_case(self._uow(), caller_from(caller), str(case_id), command, self.deadlines))
+
+    @rpc(expected_exceptions=EXPECTED)
+    def classify_case(self, caller: dict, case_id: str, payload: dict) -> dict:
+        command = contract.load(contract.ClassifySchema(), payload)
+        return view(handlers.classify_case(self._uow(), caller_from(caller), str(case_id), command, self.deadlines))
+
+    @rpc(expected_exceptions=EXPECTED)
+    def set_risk(self, caller: dict, case_id: str, payload: dict) -> dict:
+        command = contract.load(contract.RiskSchema(), payload)
+        return view(handlers.set_risk(self._uow(), caller_from(caller), str(case_id), command, self.deadlines))
+
+    @rpc(expected_exceptions=EXPECTED)
+    def assign_case_lead(self, caller: dict, case_id: str, payload: dict) -> dict:
+        command = contract.load(contract.AssignLeadSchema(), payload)
+        return view(handlers.assign_case_lead(self._uow(), caller_from(caller), str(case_id), command))
+
+    @rpc(expected_exceptions=EXPECTED)
+    def exclude_user(self, caller: dict, case_id: str, payload: dict) -> dict:
+        command = contract.load(contract.ExcludeSchema(), payload)
+        return view(handlers.exclude_user(self._uow(), caller_from(caller), str(case_id), command))
+
+    @rpc(expected_exceptions=EXPECTED)
+    def record_consent(self, caller: dict, case_id: str, payload: dict) -> dict:
+        command = contract.load(contract.ConsentSchema(), payload)
+        consent = handlers.record_consent(self._uow(), caller_from(caller), str(case_id), command,
+                                          policy=self.deadlines)
+        return {"id": consent.id, "purpose": consent.purpose}
+
+    @rpc(expected_exceptions=EXPECTED)
+    def withdraw_consent(self, caller: dict, case_id: str, consent_id: str) -> dict:
+        consent = handlers.withdraw_consent(self._uow(), caller_from(caller), str(case_id), str(consent_id),
+                                            self.deadlines)
+        return {"id": consent.id, "purpose": consent.purpose, "withdrawn": True}
+
+    @rpc(expected_exceptions=EXPECTED)
+    def complete_step(self, caller: dict, case_id: str, step_id: str, payload: dict) -> dict:
+        command = contract.load(contract.CompleteStepSchema(), payload)
+        return view(handlers.complete_step(self._uow(), self.keys, caller_from(caller), str(case_id), str(step_id),
+                                           command, self.deadlines))
+
+    @rpc(expected_exceptions=EXPECTED)
+    def approve_step(self, caller: dict, case_id: str, step_id: str) -> dict:
+        return view(handlers.approve_step(self._uow(), caller_from(caller), str(case_id), str(step_id)))
+
+    @rpc(expected_exceptions=EXPECTED)
+    def approve_closure(self, caller: dict, case_id: str) -> dict:
+        return view(handlers.approve_closure(self._uow(), caller_from(caller), str(case_id)))
+
+    @rpc(expected_exceptions=EXPECTED)
+    def close_case(self, caller: dict, case_id: str, payload: dict) -> dict:
+        command = contract.load(contract.CloseSchema(), payload)
+        return view(handlers.close_case(self._uow(), caller_from(caller), str(case_id), command))
+
+    @rpc(expected_exceptions=EXPECTED)
+    def reopen_case(self, caller: dict, case_id: str, payload: dict) -> dict:
+        command = contract.load(contract.ReopenSchema(), payload)
+        return view(handlers.reopen_case(self._uow(), caller_from(caller), str(case_id), command, self.deadlines))
+
+    @rpc(expected_exceptions=EXPECTED)
+    def audit_trail(self, caller: dict, case_id: str) -> list:
+        return contract.jsonable(queries.audit_trail(self._uow(), caller_from(caller), str(case_id)))
+
+    @rpc(expected_exceptions=EXPECTED)
+    def statistics(self, caller: dict, filters: dict) -> dict:
+        loaded = contract.load(contract.StatisticsFilterSchema(), filters)
+        figures = queries.statistics(self._uow(), caller_from(caller), {"from": loaded["from_"], "to": loaded["to"]})
+        return {"figures": figures, "csv": queries.statistics_csv(figures)}
+
+    @configured_timer("DEADLINES.SWEEP_INTERVAL_SECONDS", 30)
+    def sweep_deadlines(self) -> None:
+        staged = sweep(self.db.factory, self.deadlines, headers=self.call_headers)
+        if staged:
+            log.info("deadline alerts staged", extra={"alerts": staged})
 
     @rpc
     def health(self) -> dict:

@@ -27,9 +27,13 @@ class Principal:
     user_id: str
     organization_id: str
     roles: tuple[str, ...]
+    supervised: tuple[str, ...] = ()
 
     def as_caller(self) -> dict:
-        return {"user_id": self.user_id, "organization_id": self.organization_id, "roles": list(self.roles)}
+        return {
+            "user_id": self.user_id, "organization_id": self.organization_id, "roles": list(self.roles),
+            "supervised_organization_ids": list(self.supervised),
+        }
 
 
 def hash_token(token: str) -> str:
@@ -49,7 +53,31 @@ def authenticate(session: Session, authorization: str | None) -> Principal | Non
     ).first()
     if row is None:
         return None
-    return Principal(row.id, row.organization_id, tuple(r for r in row.roles.split(",") if r))
+    supervised = session.execute(
+        select(orm.supervisions.c.organization_id).where(orm.supervisions.c.user_id == row.id)
+    ).scalars().all()
+    return Principal(row.id, row.organization_id, tuple(r for r in row.roles.split(",") if r), tuple(sorted(supervised)))
+
+
+def member_with_role(session: Session, organization_id: str, user_id: str, role: str) -> bool:
+    row = session.execute(
+        select(orm.users.c.roles).where(orm.users.c.id == user_id, orm.users.c.organization_id == organization_id)
+    ).first()
+    return row is not None and role in row.roles.split(",")
+
+
+def member(session: Session, organization_id: str, user_id: str) -> bool:
+    return session.execute(
+        select(orm.users.c.id).where(orm.users.c.id == user_id, orm.users.c.organization_id == organization_id)
+    ).first() is not None
+
+
+def organization_by_code(session: Session, code: str) -> str | None:
+    return session.execute(select(orm.organizations.c.id).where(orm.organizations.c.code == code)).scalar()
+
+
+def add_supervision(session: Session, user_id: str, organization_id: str) -> None:
+    session.execute(insert(orm.supervisions).values(user_id=user_id, organization_id=organization_id))
 
 
 def organization_exists(session: Session, organization_id: str) -> bool:

@@ -12,6 +12,8 @@ from servicekit.telemetry import Telemetry
 from services.gateway import identity
 from services.gateway.api import HttpError, call, endpoint, json_response, read_json, route
 
+CASE = "/api/v1/cases/<string:case_id>"
+
 
 class GatewayService:
     name = "gateway"
@@ -31,6 +33,11 @@ class GatewayService:
                 401, "unauthenticated", "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
             )
         return principal
+
+    def _case_command(self, request: Request, method: str, *args, body: bool = True) -> Response:
+        principal = self._principal(request)
+        payload = [read_json(request)] if body else []
+        return json_response(200, call(getattr(self.cases, method), principal.as_caller(), *args, *payload))
 
     @route("GET", "/api/v1/health")
     @endpoint
@@ -58,7 +65,19 @@ class GatewayService:
         case = call(self.cases.open_case, principal.as_caller(), body)
         return json_response(201, case, {"Location": f"/api/v1/cases/{case['id']}"})
 
-    @route("GET", "/api/v1/cases/<string:case_id>")
+    @route("GET", "/api/v1/cases")
+    @endpoint
+    def list_cases(self, request: Request) -> Response:
+        principal = self._principal(request)
+        filters = {k: v for k, v in request.args.items()}
+        for number in ("page", "per_page"):
+            if number in filters:
+                filters[number] = _integer(filters[number], number)
+        if "overdue" in filters:
+            filters["overdue"] = filters["overdue"].lower() in ("1", "true", "yes")
+        return json_response(200, call(self.cases.list_cases, principal.as_caller(), filters))
+
+    @route("GET", CASE)
     @endpoint
     def get_case(self, request: Request, case_id: str) -> Response:
         principal = self._principal(request)
@@ -67,6 +86,102 @@ class GatewayService:
         case["notifications"] = call(self.notifications.case_notifications, caller, case["id"])
         return json_response(200, case)
 
+    @route("PATCH", CASE)
+    @endpoint
+    def update_case(self, request: Request, case_id: str) -> Response:
+        return self._case_command(request, "update_case", case_id)
+
+    @route("POST", CASE + "/classification")
+    @endpoint
+    def classify_case(self, request: Request, case_id: str) -> Response:
+        return self._case_command(request, "classify_case", case_id)
+
+    @route("POST", CASE + "/risk")
+    @endpoint
+    def set_risk(self, request: Request, case_id: str) -> Response:
+        return self._case_command(request, "set_risk", case_id)
+
+    @route("POST", CASE + "/case-lead")
+    @endpoint
+    def assign_case_lead(self, request: Request, case_id: str) -> Response:
+        principal = self._principal(request)
+        body = read_json(request)
+        lead = body.get("case_lead_id")
+        if isinstance(lead, str) and _is_uuid(lead):
+            ok = identity.member_with_role(self.db.session, principal.organization_id, lead, "case_lead")
+            self.db.close()
+            if not ok:
+                raise HttpError(422, "invalid_input", "not a case lead of your organisation",
+                                {"case_lead_id": ["not a case lead of your organisation"]})
+        return json_response(200, call(self.cases.assign_case_lead, principal.as_caller(), case_id, body))
+
+    @route("POST", CASE + "/exclusions")
+    @endpoint
+    def exclude_user(self, request: Request, case_id: str) -> Response:
+        principal = self._principal(request)
+        body = read_json(request)
+        user = body.get("user_id")
+        if isinstance(user, str) and _is_uuid(user):
+            ok = identity.member(self.db.session, principal.organization_id, user)
+            self.db.close()
+            if not ok:
+                raise HttpError(422, "invalid_input", "not a member of your organisation",
+                                {"user_id": ["not a member of your organisation"]})
+        return json_response(200, call(self.cases.exclude_user, principal.as_caller(), case_id, body))
+
+    @route("POST", CASE + "/consents")
+    @endpoint
+    def record_consent(self, request: Request, case_id: str) -> Response:
+        principal = self._principal(request)
+        body = read_json(request)
+        return json_response(201, call(self.cases.record_consent, principal.as_caller(), case_id, body))
+
+    @route("POST", CASE + "/consents/<string:consent_id>/withdrawal")
+    @endpoint
+    def withdraw_consent(self, request: Request, case_id: str, consent_id: str) -> Response:
+        return self._case_command(request, "withdraw_consent", case_id, consent_id, body=False)
+
+    @route("POST", CASE + "/steps/<string:step_id>/completion")
+    @endpoint
+    def complete_step(self, request: Request, case_id: str, step_id: str) -> Response:
+        return self._case_command(request, "complete_step", case_id, step_id)
+
+    @route("POST", CASE + "/steps/<string:step_id>/approval")
+    @endpoint
+    def approve_step(self, request: Request, case_id: str, step_id: str) -> Response:
+        return self._case_command(request, "approve_step", case_id, step_id, body=False)
+
+    @route("POST", CASE + "/closure-approval")
+    @endpoint
+    def approve_closure(self, request: Request, case_id: str) -> Response:
+        return self._case_command(request, "approve_closure", case_id, body=False)
+
+    @route("POST", CASE + "/closure")
+    @endpoint
+    def close_case(self, request: Request, case_id: str) -> Response:
+        return self._case_command(request, "close_case", case_id)
+
+    @route("POST", CASE + "/reopening")
+    @endpoint
+    def reopen_case(self, request: Request, case_id: str) -> Response:
+        return self._case_command(request, "reopen_case", case_id)
+
+    @route("GET", CASE + "/audit")
+    @endpoint
+    def audit_trail(self, request: Request, case_id: str) -> Response:
+        return self._case_command(request, "audit_trail", case_id, body=False)
+
+    @route("GET", "/api/v1/statistics")
+    @endpoint
+    def statistics(self, request: Request) -> Response:
+        principal = self._principal(request)
+        filters = {k: v for k, v in request.args.items() if k != "format"}
+        result = call(self.cases.statistics, principal.as_caller(), filters)
+        if request.args.get("format") == "csv":
+            return Response(result["csv"], status=200, content_type="text/csv; charset=utf-8",
+                            headers={"Content-Disposition": 'attachment; filename="warmi-statistics.csv"'})
+        return json_response(200, result["figures"])
+
 
 def _is_uuid(value: str) -> bool:
     try:
@@ -74,3 +189,10 @@ def _is_uuid(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _integer(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise HttpError(422, "invalid_input", "some fields are not valid", {name: ["Not a valid integer."]}) from None

@@ -1,6 +1,6 @@
 """The cases service's tables. Nobody else reads them (design rule 2)."""
 from sqlalchemy import (
-    Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text, UniqueConstraint,
+    Boolean, Column, DateTime, ForeignKey, Index, Integer, MetaData, String, Table, Text, UniqueConstraint, text,
 )
 
 from servicekit.inbox import inbox_table
@@ -15,6 +15,8 @@ organizations = Table(
     Column("code", String(10), nullable=False, unique=True),
     Column("timezone", String(64), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("protocol_id", String(64), nullable=False, server_default="smp-gbv"),
+    Column("protocol_version", Integer, nullable=False, server_default="1"),
 )
 
 survivor_code_sequences = Table(
@@ -41,7 +43,95 @@ cases = Table(
     Column("survivor_name_enc", Text, nullable=True),
     Column("idempotency_key", String(100), nullable=True),
     Column("version", Integer, nullable=False, default=1),
+    # survivor profile and incident (no identity: that is survivor_name_enc)
+    Column("minor", Boolean, nullable=False, server_default=text("false")),
+    Column("disability", Boolean, nullable=True),
+    Column("place", String(32), nullable=True),
+    Column("perpetrator_relationship", String(32), nullable=True),
+    Column("context_flags", String(200), nullable=False, server_default=""),
+    Column("incident_type", String(32), nullable=True),
+    Column("classification_answers", Text, nullable=True),
+    Column("delay_bucket", String(16), nullable=True),
+    Column("risk_level", String(16), nullable=True),
+    Column("case_lead_id", String(36), nullable=True, index=True),
+    Column("protocol_id", String(64), nullable=True),
+    Column("protocol_version", Integer, nullable=True),
+    Column("closure_approved_by", String(36), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=True),
     UniqueConstraint("organization_id", "idempotency_key", name="uq_cases_idempotency"),
+    Index("ix_cases_org_status", "organization_id", "status"),
+)
+
+case_exclusions = Table(
+    "case_exclusions",
+    metadata,
+    Column("case_id", String(36), ForeignKey("cases.id"), primary_key=True),
+    Column("user_id", String(36), primary_key=True),
+    Column("excluded_by", String(36), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+status_changes = Table(
+    "status_changes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("case_id", String(36), ForeignKey("cases.id"), nullable=False, index=True),
+    Column("from_status", String(16), nullable=True),
+    Column("to_status", String(16), nullable=False),
+    Column("reason", String(32), nullable=True),
+    Column("actor_id", String(36), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+consents = Table(
+    "consents",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("case_id", String(36), ForeignKey("cases.id"), nullable=False, index=True),
+    Column("purpose", String(32), nullable=False),
+    Column("provider_id", String(36), nullable=True),
+    Column("data_shared", String(200), nullable=False, server_default=""),
+    Column("given_by", String(16), nullable=False),
+    Column("child_assent", Boolean, nullable=True),
+    Column("recorded_by", String(36), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("withdrawn_by", String(36), nullable=True),
+    Column("withdrawn_at", DateTime(timezone=True), nullable=True),
+)
+
+plan_steps = Table(
+    "plan_steps",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("case_id", String(36), ForeignKey("cases.id"), nullable=False, index=True),
+    Column("organization_id", String(36), nullable=False),
+    Column("step_id", String(8), nullable=False),
+    Column("responsible", String(100), nullable=False),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("urgent", Boolean, nullable=False),
+    Column("status", String(16), nullable=False),  # open, done, cancelled
+    Column("completed_at", DateTime(timezone=True), nullable=True),
+    Column("completed_by", String(36), nullable=True),
+    Column("outcome", String(16), nullable=True),  # done, declined
+    Column("note_enc", Text, nullable=True),
+    Column("approved_by", String(36), nullable=True),
+    # the deadline sweep: the next alert (due soon, overdue, escalations) and when it is due
+    Column("alert_stage", Integer, nullable=False, server_default="0"),
+    Column("next_alert_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("case_id", "step_id", name="uq_plan_step"),
+    Index(
+        "ix_plan_steps_alerts",
+        "next_alert_at",
+        postgresql_where=text("status = 'open' AND next_alert_at IS NOT NULL"),
+        sqlite_where=text("status = 'open' AND next_alert_at IS NOT NULL"),
+    ),
+)
+
+audit_heads = Table(
+    "audit_heads",
+    metadata,
+    Column("organization_id", String(36), primary_key=True),
+    Column("last_hash", String(64), nullable=False),
 )
 
 audit_log = Table(
@@ -54,6 +144,9 @@ audit_log = Table(
     Column("action", String(32), nullable=False),
     Column("fields", Text, nullable=False, default=""),
     Column("at", DateTime(timezone=True), nullable=False),
+    # each entry's hash covers the one before it in its organisation's chain
+    Column("prev_hash", String(64), nullable=True),
+    Column("hash", String(64), nullable=True),
 )
 
 outbox = outbox_table(metadata)

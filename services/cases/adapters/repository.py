@@ -1,20 +1,65 @@
-"""Cases, organisations and code sequences in SQL."""
+"""Cases, plans, consents, organisations and code sequences in SQL."""
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.cases.adapters import orm
-from services.cases.domain.model import Case, CaseStatus, Organization
+from services.cases.domain.classification import IncidentType
+from services.cases.domain.consent import Consent
+from services.cases.domain.model import Case, Organization, StaleCase
+from services.cases.domain.protocol import Risk
+from services.cases.domain.status import CaseStatus
 
 
-def _aware(value: datetime | None) -> datetime | None:
+def aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:  # SQLite drops the offset; we store UTC
         return value.replace(tzinfo=timezone.utc)
     return value
+
+
+_CASE_COLUMNS = (
+    "id", "organization_id", "survivor_code", "age_group", "sex", "incident_at", "opened_at", "opened_by",
+    "idempotency_key", "minor", "disability", "place", "perpetrator_relationship", "delay_bucket",
+    "case_lead_id", "protocol_id", "protocol_version", "closure_approved_by", "version", "updated_at",
+)
+
+
+def _case_values(case: Case) -> dict:
+    values = {name: getattr(case, name) for name in _CASE_COLUMNS}
+    values.update(
+        status=case.status.value,
+        narrative_enc=case.narrative_ciphertext,
+        survivor_name_enc=case.survivor_name_ciphertext,
+        context_flags=",".join(sorted(case.context_flags)),
+        incident_type=case.incident_type.value if case.incident_type else None,
+        classification_answers=json.dumps(case.classification_answers) if case.classification_answers else None,
+        risk_level=case.risk.value if case.risk else None,
+    )
+    return values
+
+
+@dataclass
+class StepRow:
+    id: int
+    case_id: str
+    step_id: str
+    responsible: tuple[str, ...]
+    due_at: datetime
+    urgent: bool
+    status: str
+    completed_at: datetime | None
+    completed_by: str | None
+    outcome: str | None
+    note_ciphertext: str | None
+    approved_by: str | None
+    alert_stage: int
+    next_alert_at: datetime | None
 
 
 class SqlCaseRepository:
@@ -22,26 +67,23 @@ class SqlCaseRepository:
         self.session = session
 
     def add(self, case: Case) -> None:
-        self.session.execute(
-            insert(orm.cases).values(
-                id=case.id,
-                organization_id=case.organization_id,
-                survivor_code=case.survivor_code,
-                status=case.status.value,
-                age_group=case.age_group,
-                sex=case.sex,
-                incident_at=case.incident_at,
-                opened_at=case.opened_at,
-                opened_by=case.opened_by,
-                narrative_enc=case.narrative_ciphertext,
-                survivor_name_enc=case.survivor_name_ciphertext,
-                idempotency_key=case.idempotency_key,
-                version=1,
-            )
-        )
+        self.session.execute(insert(orm.cases).values(**_case_values(case)))
 
-    def get(self, case_id: str) -> Case | None:
-        row = self.session.execute(select(orm.cases).where(orm.cases.c.id == case_id)).first()
+    def save(self, case: Case, expected_version: int) -> None:
+        """Write a changed case; refuse if someone else wrote it meanwhile."""
+        result = self.session.execute(
+            update(orm.cases)
+            .where(orm.cases.c.id == case.id, orm.cases.c.version == expected_version)
+            .values(**{k: v for k, v in _case_values(case).items() if k != "id"})
+        )
+        if result.rowcount != 1:
+            raise StaleCase("the case was changed by someone else meanwhile")
+
+    def get(self, case_id: str, *, for_update: bool = False) -> Case | None:
+        query = select(orm.cases).where(orm.cases.c.id == case_id)
+        if for_update and self.session.bind.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = self.session.execute(query).first()
         return self._to_case(row) if row else None
 
     def by_idempotency_key(self, organization_id: str, key: str) -> Case | None:
@@ -52,8 +94,15 @@ class SqlCaseRepository:
         ).first()
         return self._to_case(row) if row else None
 
-    @staticmethod
-    def _to_case(row) -> Case:
+    def page(self, *, where, order, limit: int, offset: int) -> tuple[list[Case], int]:
+        total = self.session.execute(select(func.count()).select_from(orm.cases).where(*where)).scalar()
+        rows = self.session.execute(select(orm.cases).where(*where).order_by(*order).limit(limit).offset(offset)).all()
+        return [self._to_case(r) for r in rows], total
+
+    def _to_case(self, row) -> Case:
+        excluded = self.session.execute(
+            select(orm.case_exclusions.c.user_id).where(orm.case_exclusions.c.case_id == row.id)
+        ).scalars().all()
         return Case(
             id=row.id,
             organization_id=row.organization_id,
@@ -61,13 +110,155 @@ class SqlCaseRepository:
             status=CaseStatus(row.status),
             age_group=row.age_group,
             sex=row.sex,
-            incident_at=_aware(row.incident_at),
-            opened_at=_aware(row.opened_at),
+            incident_at=aware(row.incident_at),
+            opened_at=aware(row.opened_at),
             opened_by=row.opened_by,
             narrative_ciphertext=row.narrative_enc,
             survivor_name_ciphertext=row.survivor_name_enc,
             idempotency_key=row.idempotency_key,
+            excluded_users=frozenset(excluded),
+            minor=bool(row.minor),
+            disability=row.disability,
+            place=row.place,
+            perpetrator_relationship=row.perpetrator_relationship,
+            context_flags=frozenset(f for f in (row.context_flags or "").split(",") if f),
+            incident_type=IncidentType(row.incident_type) if row.incident_type else None,
+            classification_answers=json.loads(row.classification_answers) if row.classification_answers else None,
+            delay_bucket=row.delay_bucket,
+            risk=Risk(row.risk_level) if row.risk_level else None,
+            case_lead_id=row.case_lead_id,
+            protocol_id=row.protocol_id,
+            protocol_version=row.protocol_version,
+            closure_approved_by=row.closure_approved_by,
+            version=row.version,
+            updated_at=aware(row.updated_at),
         )
+
+    def exclude(self, case_id: str, user_id: str, by: str, now: datetime) -> None:
+        try:
+            with self.session.begin_nested():
+                self.session.execute(
+                    insert(orm.case_exclusions).values(case_id=case_id, user_id=user_id, excluded_by=by, at=now)
+                )
+        except IntegrityError:
+            pass  # already excluded
+
+    def log_status(self, case: Case) -> None:
+        for change in case.status_log:
+            self.session.execute(
+                insert(orm.status_changes).values(
+                    case_id=case.id,
+                    from_status=change.from_status.value if change.from_status else None,
+                    to_status=change.to_status.value,
+                    reason=change.reason,
+                    actor_id=change.actor_id,
+                    at=change.at,
+                )
+            )
+        case.status_log.clear()
+
+    def status_history(self, case_id: str) -> list:
+        t = orm.status_changes
+        return self.session.execute(select(t).where(t.c.case_id == case_id).order_by(t.c.id)).all()
+
+
+class SqlPlanRepository:
+    def __init__(self, session: Session):
+        self.session = session
+
+    def steps(self, case_id: str) -> list[StepRow]:
+        t = orm.plan_steps
+        rows = self.session.execute(select(t).where(t.c.case_id == case_id).order_by(t.c.id)).all()
+        return [
+            StepRow(
+                id=r.id, case_id=r.case_id, step_id=r.step_id, responsible=tuple(r.responsible.split(",")),
+                due_at=aware(r.due_at), urgent=bool(r.urgent), status=r.status, completed_at=aware(r.completed_at),
+                completed_by=r.completed_by, outcome=r.outcome, note_ciphertext=r.note_enc,
+                approved_by=r.approved_by, alert_stage=r.alert_stage, next_alert_at=aware(r.next_alert_at),
+            )
+            for r in rows
+        ]
+
+    def add(self, *, case_id: str, organization_id: str, step_id: str, responsible: tuple[str, ...],
+            due_at: datetime, urgent: bool, next_alert_at: datetime | None) -> None:
+        self.session.execute(
+            insert(orm.plan_steps).values(
+                case_id=case_id, organization_id=organization_id, step_id=step_id,
+                responsible=",".join(responsible), due_at=due_at, urgent=urgent, status="open",
+                alert_stage=0, next_alert_at=next_alert_at,
+            )
+        )
+
+    def reschedule(self, row_id: int, *, due_at: datetime, urgent: bool, stage: int, next_alert_at) -> None:
+        self.session.execute(
+            update(orm.plan_steps).where(orm.plan_steps.c.id == row_id).values(
+                due_at=due_at, urgent=urgent, alert_stage=stage, next_alert_at=next_alert_at
+            )
+        )
+
+    def reopen(self, row_id: int, *, due_at: datetime, urgent: bool, next_alert_at) -> None:
+        self.session.execute(
+            update(orm.plan_steps).where(orm.plan_steps.c.id == row_id).values(
+                status="open", due_at=due_at, urgent=urgent, alert_stage=0, next_alert_at=next_alert_at,
+                completed_at=None, completed_by=None, outcome=None,
+            )
+        )
+
+    def approve(self, row_id: int, *, by: str) -> None:
+        self.session.execute(update(orm.plan_steps).where(orm.plan_steps.c.id == row_id).values(approved_by=by))
+
+    def cancel(self, row_id: int) -> None:
+        self.session.execute(
+            update(orm.plan_steps).where(orm.plan_steps.c.id == row_id).values(status="cancelled", next_alert_at=None)
+        )
+
+    def complete(self, row_id: int, *, by: str, at: datetime, outcome: str, note_ciphertext: str | None,
+                 approved_by: str | None) -> bool:
+        """Mark a step done; False if it was not open (done twice, or cancelled)."""
+        t = orm.plan_steps
+        result = self.session.execute(
+            update(t).where(t.c.id == row_id, t.c.status == "open").values(
+                status="done", completed_by=by, completed_at=at, outcome=outcome, note_enc=note_ciphertext,
+                approved_by=approved_by, next_alert_at=None,
+            )
+        )
+        return result.rowcount == 1
+
+
+class SqlConsentRepository:
+    def __init__(self, session: Session):
+        self.session = session
+
+    def add(self, consent: Consent) -> None:
+        self.session.execute(
+            insert(orm.consents).values(
+                id=consent.id, case_id=consent.case_id, purpose=consent.purpose, provider_id=consent.provider_id,
+                data_shared=",".join(consent.data_shared), given_by=consent.given_by,
+                child_assent=consent.child_assent, recorded_by=consent.recorded_by, recorded_at=consent.recorded_at,
+            )
+        )
+
+    def for_case(self, case_id: str) -> list[Consent]:
+        t = orm.consents
+        rows = self.session.execute(select(t).where(t.c.case_id == case_id).order_by(t.c.recorded_at, t.c.id)).all()
+        return [
+            Consent(
+                id=r.id, case_id=r.case_id, purpose=r.purpose, given_by=r.given_by, recorded_by=r.recorded_by,
+                recorded_at=aware(r.recorded_at), provider_id=r.provider_id,
+                data_shared=tuple(d for d in r.data_shared.split(",") if d), child_assent=r.child_assent,
+                withdrawn_by=r.withdrawn_by, withdrawn_at=aware(r.withdrawn_at),
+            )
+            for r in rows
+        ]
+
+    def withdraw(self, consent: Consent) -> bool:
+        t = orm.consents
+        result = self.session.execute(
+            update(t).where(t.c.id == consent.id, t.c.withdrawn_at.is_(None)).values(
+                withdrawn_by=consent.withdrawn_by, withdrawn_at=consent.withdrawn_at
+            )
+        )
+        return result.rowcount == 1
 
 
 class SqlOrganizationRepository:
@@ -78,7 +269,9 @@ class SqlOrganizationRepository:
         row = self.session.execute(
             select(orm.organizations).where(orm.organizations.c.id == organization_id)
         ).first()
-        return Organization(row.id, row.code, row.timezone) if row else None
+        if row is None:
+            return None
+        return Organization(row.id, row.code, row.timezone, row.protocol_id, row.protocol_version)
 
     def add(self, organization: Organization) -> None:
         self.session.execute(
@@ -86,7 +279,16 @@ class SqlOrganizationRepository:
                 id=organization.id,
                 code=organization.code,
                 timezone=organization.timezone,
+                protocol_id=organization.protocol_id,
+                protocol_version=organization.protocol_version,
                 created_at=datetime.now(timezone.utc),
+            )
+        )
+
+    def assign_protocol(self, organization_id: str, protocol_id: str, version: int) -> None:
+        self.session.execute(
+            update(orm.organizations).where(orm.organizations.c.id == organization_id).values(
+                protocol_id=protocol_id, protocol_version=version
             )
         )
 

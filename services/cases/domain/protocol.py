@@ -101,6 +101,8 @@ class PlannedStep:
 
 def plan(protocol: Protocol, facts: CaseFacts) -> list[PlannedStep]:
     """Every applicable step with its due time, in protocol order."""
+    if "case_management" in facts.withdrawn_consents:
+        return []  # the survivor stopped the case work: no step is owed any more
     planned: dict[str, PlannedStep] = {}
     for rule in protocol.steps:
         if not rule.applies(facts) or (rule.consent and rule.consent in facts.withdrawn_consents):

@@ -5,35 +5,72 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from contracts.events import build_event
 from servicekit import outbox
 from services.cases.adapters import orm
-from services.cases.adapters.repository import SqlCaseRepository, SqlOrganizationRepository
+from services.cases.adapters.repository import (
+    SqlCaseRepository, SqlConsentRepository, SqlOrganizationRepository, SqlPlanRepository,
+)
+from services.cases.domain.audit import GENESIS, AuditEntry, entry_hash
+from services.cases.domain.model import Case
 
 
 class UnitOfWork:
     def __init__(self, session: Session, *, event_headers: dict | None = None):
         self.session = session
         self.cases = SqlCaseRepository(session)
+        self.plans = SqlPlanRepository(session)
+        self.consents = SqlConsentRepository(session)
         self.organizations = SqlOrganizationRepository(session)
         self._event_headers = event_headers or {}
+
+    @property
+    def dialect(self) -> str:
+        return self.session.bind.dialect.name
 
     def publish(self, envelope: dict) -> None:
         outbox.stage(self.session, orm.outbox, envelope, source="cases", headers=self._event_headers)
 
-    def audit(self, *, case_id: str, organization_id: str, actor_id: str, action: str, fields=()) -> None:
+    def emit(self, case: Case, event_type: str, data: dict, now: datetime) -> None:
+        self.publish(build_event(event_type, organization_id=case.organization_id, case_id=case.id,
+                                 occurred_at=now, data=data))
+
+    def emit_case_events(self, case: Case, now: datetime) -> None:
+        """The domain events the aggregate recorded, through the outbox."""
+        for event_type, data in case.events:
+            self.emit(case, event_type, data, now)
+        case.events.clear()
+
+    def audit(self, *, case_id: str, organization_id: str, actor_id: str, action: str, fields=(),
+              now: datetime | None = None) -> None:
+        """Append to the organisation's hash chain. The head row is locked, so
+        entries of one organisation are chained one after the other."""
+        entry = AuditEntry(case_id, organization_id, actor_id, action, json.dumps(sorted(fields)),
+                           now or datetime.now(timezone.utc))
+        heads = orm.audit_heads
+        query = select(heads.c.last_hash).where(heads.c.organization_id == organization_id)
+        if self.dialect == "postgresql":
+            query = query.with_for_update()
+        previous = self.session.execute(query).scalar()
+        if previous is None:
+            try:
+                with self.session.begin_nested():
+                    self.session.execute(insert(heads).values(organization_id=organization_id, last_hash=GENESIS))
+                previous = GENESIS
+            except IntegrityError:  # another transaction started the chain: wait for its lock
+                previous = self.session.execute(query).scalar()
+        digest = entry_hash(previous, entry)
         self.session.execute(
             insert(orm.audit_log).values(
-                case_id=case_id,
-                organization_id=organization_id,
-                actor_id=actor_id,
-                action=action,
-                fields=json.dumps(sorted(fields)),
-                at=datetime.now(timezone.utc),
+                case_id=entry.case_id, organization_id=entry.organization_id, actor_id=entry.actor_id,
+                action=entry.action, fields=entry.fields, at=entry.at, prev_hash=previous, hash=digest,
             )
         )
+        self.session.execute(update(heads).where(heads.c.organization_id == organization_id).values(last_hash=digest))
 
     def commit(self) -> None:
         self.session.commit()

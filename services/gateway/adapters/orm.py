@@ -32,3 +32,11 @@ api_tokens = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
+
+# a supervisor (often from a partner NGO) may supervise several organisations
+supervisions = Table(
+    "supervisions",
+    metadata,
+    Column("user_id", String(36), ForeignKey("users.id"), primary_key=True),
+    Column("organization_id", String(36), ForeignKey("organizations.id"), primary_key=True),
+)

@@ -1,0 +1,54 @@
+"""When a plan step's alerts fall due: due soon, overdue, then escalation up
+the ladder responsible → president → supervisor (domain.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    due_soon: timedelta = timedelta(hours=2)
+    to_president: timedelta = timedelta(hours=24)  # after the due time
+    to_supervisor: timedelta = timedelta(hours=72)
+
+
+# stage n means the first n alerts of this list were sent
+ALERTS: tuple[tuple[str, str], ...] = (
+    ("step_due_soon", "responsible"),
+    ("step_overdue", "responsible"),
+    ("step_escalated", "president"),
+    ("step_escalated", "supervisor"),
+)
+
+
+def alert_time(stage: int, due_at: datetime, policy: AlertPolicy) -> datetime | None:
+    """When the alert after ``stage`` falls due, or None when all were sent."""
+    offsets = (-policy.due_soon, timedelta(0), policy.to_president, policy.to_supervisor)
+    if stage >= len(offsets):
+        return None
+    return due_at + offsets[stage]
+
+
+def alerts_due(stage: int, due_at: datetime, now: datetime, policy: AlertPolicy) -> tuple[list[tuple[str, str]], int, datetime | None]:
+    """The alerts to send now, the new stage, and when the next one is due.
+
+    A sweep that ran late sends every alert that passed meanwhile, in order,
+    each once."""
+    sent = []
+    while (moment := alert_time(stage, due_at, policy)) is not None and moment <= now:
+        sent.append(ALERTS[stage])
+        stage += 1
+    return sent, stage, alert_time(stage, due_at, policy)
+
+
+def restage(stage: int, old_due: datetime, new_due: datetime, now: datetime, policy: AlertPolicy) -> tuple[int, datetime | None]:
+    """After a due time moved: keep the alerts already sent that still hold,
+    and schedule the next one for the new due time."""
+    if new_due == old_due:
+        return stage, alert_time(stage, new_due, policy)
+    passed = 0
+    while (moment := alert_time(passed, new_due, policy)) is not None and moment <= now:
+        passed += 1
+    stage = min(stage, passed)
+    return stage, alert_time(stage, new_due, policy)

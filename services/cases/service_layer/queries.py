@@ -1,0 +1,207 @@
+"""What the cases service answers: a case, a list, a trail, statistics.
+Every read of a case is audited."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime, timezone
+
+from sqlalchemy import and_, case as when, exists, func, or_, select
+
+from contracts.errors import Forbidden
+from services.cases.adapters import orm
+from services.cases.adapters.crypto import KeyRing
+from services.cases.adapters.protocols import load as load_protocol
+from services.cases.adapters.repository import aware
+from services.cases.domain.access import Caller, statistics_scope
+from services.cases.domain.audit import AuditEntry, verify_chain
+from services.cases.domain.classification import CONTEXT_FLAGS, SEXUAL
+from services.cases.service_layer.handlers import _load
+from services.cases.service_layer.unit_of_work import UnitOfWork
+
+SMALL_CELL = 5  # counts under this are not shown
+
+
+def case_detail(uow: UnitOfWork, keyring: KeyRing, caller: Caller, case_id: str) -> dict:
+    """The whole case for someone allowed to see it, with the sensitive
+    fields decrypted; the read is audited, naming what was shown."""
+    case = _load(uow, caller, case_id, "read")
+    now = datetime.now(timezone.utc)
+    protocol = load_protocol(case.protocol_id, case.protocol_version)
+    steps = []
+    for row in uow.plans.steps(case.id):
+        rule = protocol.step(row.step_id)
+        steps.append({
+            "step_id": row.step_id, "title": rule.title, "responsible": list(row.responsible),
+            "done_when": rule.done_when, "due_at": row.due_at, "urgent": row.urgent, "status": row.status,
+            "overdue": row.status == "open" and row.due_at < now, "completed_at": row.completed_at,
+            "completed_by": row.completed_by, "outcome": row.outcome,
+            "note": keyring.decrypt(row.note_ciphertext), "approved_by": row.approved_by,
+            "needs_approval_by": rule.approver or (
+                rule.approver_if_high_risk if case.risk and case.risk.value == "high" else None),
+        })
+    consents = [
+        {"id": c.id, "purpose": c.purpose, "provider_id": c.provider_id, "data_shared": list(c.data_shared),
+         "given_by": c.given_by, "child_assent": c.child_assent, "recorded_by": c.recorded_by,
+         "recorded_at": c.recorded_at, "withdrawn_at": c.withdrawn_at}
+        for c in uow.consents.for_case(case.id)
+    ]
+    history = [
+        {"from": r.from_status, "to": r.to_status, "reason": r.reason, "by": r.actor_id, "at": aware(r.at)}
+        for r in uow.cases.status_history(case.id)
+    ]
+    uow.audit(case_id=case.id, organization_id=case.organization_id, actor_id=caller.user_id, action="read",
+              fields=["summary", "narrative", "survivor_name", "plan", "consents"], now=now)
+    uow.commit()
+    return {
+        "case": case,
+        "narrative": keyring.decrypt(case.narrative_ciphertext),
+        "survivor_name": keyring.decrypt(case.survivor_name_ciphertext),
+        "plan": {"protocol": case.protocol_id, "version": case.protocol_version, "steps": steps},
+        "consents": consents,
+        "history": history,
+    }
+
+
+def list_cases(uow: UnitOfWork, caller: Caller, filters: dict) -> tuple[list, int]:
+    """Cases the caller may see, newest first; each listed case is audited."""
+    c = orm.cases
+    visible = []
+    if caller.has("president"):
+        visible.append(c.c.organization_id == caller.organization_id)
+    if caller.has("supervisor") and caller.supervised:
+        visible.append(c.c.organization_id.in_(sorted(caller.supervised)))
+    if caller.has("case_lead"):
+        visible.append(and_(c.c.organization_id == caller.organization_id, c.c.case_lead_id == caller.user_id))
+    if caller.has("focal_point"):
+        visible.append(and_(c.c.organization_id == caller.organization_id, c.c.opened_by == caller.user_id))
+    if not visible:
+        raise Forbidden("your role sees aggregates only")
+    where = [
+        or_(*visible),
+        ~exists().where(orm.case_exclusions.c.case_id == c.c.id, orm.case_exclusions.c.user_id == caller.user_id),
+    ]
+    if filters.get("status"):
+        where.append(c.c.status == filters["status"])
+    if filters.get("risk_level"):
+        where.append(c.c.risk_level == filters["risk_level"])
+    if filters.get("overdue"):
+        s = orm.plan_steps
+        where.append(exists().where(s.c.case_id == c.c.id, s.c.status == "open",
+                                    s.c.due_at < datetime.now(timezone.utc)))
+    per_page = filters["per_page"]
+    cases, total = uow.cases.page(where=where, order=[c.c.opened_at.desc(), c.c.id],
+                                  limit=per_page, offset=(filters["page"] - 1) * per_page)
+    now = datetime.now(timezone.utc)
+    for case in cases:
+        uow.audit(case_id=case.id, organization_id=case.organization_id, actor_id=caller.user_id,
+                  action="list", fields=["summary"], now=now)
+    uow.commit()
+    return cases, total
+
+
+def audit_trail(uow: UnitOfWork, caller: Caller, case_id: str) -> list[dict]:
+    case = _load(uow, caller, case_id, "audit_trail")
+    t = orm.audit_log
+    rows = uow.session.execute(select(t).where(t.c.case_id == case.id).order_by(t.c.id)).all()
+    trail = [{"id": r.id, "actor_id": r.actor_id, "action": r.action, "fields": json.loads(r.fields or "[]"),
+              "at": aware(r.at)} for r in rows]
+    uow.audit(case_id=case.id, organization_id=case.organization_id, actor_id=caller.user_id,
+              action="read_audit", fields=["audit_trail"])
+    uow.commit()
+    return trail
+
+
+def verify_audit(uow: UnitOfWork) -> list:
+    """Every organisation's chain, checked from its first entry; the breaks found."""
+    t, heads = orm.audit_log, orm.audit_heads
+    breaks = []
+    head_of = dict(uow.session.execute(select(heads.c.organization_id, heads.c.last_hash)).all())
+    organizations = set(head_of) | set(uow.session.execute(select(t.c.organization_id).distinct()).scalars())
+    for organization_id in sorted(organizations):
+        rows = [
+            (r.id, AuditEntry(r.case_id, r.organization_id, r.actor_id, r.action, r.fields, aware(r.at)),
+             r.prev_hash, r.hash)
+            for r in uow.session.execute(select(t).where(t.c.organization_id == organization_id).order_by(t.c.id))
+        ]
+        found = verify_chain(organization_id, rows, head_of.get(organization_id))
+        if found:
+            breaks.append(found)
+    return breaks
+
+
+def statistics(uow: UnitOfWork, caller: Caller, filters: dict) -> dict:
+    """Anonymous counts over cases whose survivor consented to aggregate
+    reporting; any count under 5 is withheld (``null``), and so is a total
+    that would let it be worked out."""
+    scope = statistics_scope(caller)
+    if not scope:
+        raise Forbidden("your role does not see statistics")
+    c, k, o = orm.cases, orm.consents, orm.organizations
+    consented = exists().where(k.c.case_id == c.c.id, k.c.purpose == "aggregate_reporting", k.c.withdrawn_at.is_(None))
+    where = [c.c.organization_id.in_(sorted(scope)), consented]
+    if filters.get("from"):
+        where.append(c.c.opened_at >= filters["from"])
+    if filters.get("to"):
+        where.append(c.c.opened_at < filters["to"])
+    if uow.dialect == "postgresql":
+        month = func.to_char(func.timezone(o.c.timezone, c.c.opened_at), "YYYY-MM")
+    else:
+        month = func.strftime("%Y-%m", c.c.opened_at)
+
+    def grouped(column) -> dict:
+        rows = uow.session.execute(
+            select(column.label("value"), func.count().label("n"))
+            .select_from(c.join(o, o.c.id == c.c.organization_id)).where(*where).group_by(column)
+        ).all()
+        return {str(r.value if r.value is not None else "unclassified"): r.n for r in rows}
+
+    flags = [func.sum(when((c.c.context_flags.like(f"%{flag}%"), 1), else_=0)).label(flag) for flag in CONTEXT_FLAGS]
+    sexual = [t.value for t in SEXUAL]
+    csa = func.sum(when((and_(c.c.minor.is_(True), c.c.incident_type.in_(sexual)), 1), else_=0))
+    context_row = uow.session.execute(
+        select(func.count().label("total"), *flags, csa.label("child_sexual_abuse"))
+        .select_from(c.join(o, o.c.id == c.c.organization_id)).where(*where)
+    ).one()
+    context = {flag: int(getattr(context_row, flag) or 0) for flag in CONTEXT_FLAGS}
+    context["child_sexual_abuse"] = int(context_row.child_sexual_abuse or 0)
+    return {
+        "total": _suppress(int(context_row.total)),
+        "by_type": _suppress_partition(grouped(c.c.incident_type)),
+        "by_month": _suppress_partition(grouped(month)),
+        "by_age_group": _suppress_partition(grouped(c.c.age_group)),
+        "by_context": {key: _suppress(n) for key, n in sorted(context.items())},
+        "suppressed_below": SMALL_CELL,
+    }
+
+
+def _suppress(n: int) -> int | None:
+    return n if n == 0 or n >= SMALL_CELL else None
+
+
+def _suppress_partition(cells: dict) -> dict:
+    """Small cells are withheld; where only one is, the next smallest goes too,
+    or the total would give it away."""
+    shown = {key: _suppress(n) for key, n in sorted(cells.items())}
+    hidden = [key for key, n in shown.items() if n is None]
+    if len(hidden) == 1:
+        rest = sorted((n, key) for key, n in shown.items() if n)
+        if rest:
+            shown[rest[0][1]] = None
+    return shown
+
+
+def statistics_csv(figures: dict) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["dimension", "value", "count"])
+    writer.writerow(["total", "all", _cell(figures["total"])])
+    for dimension in ("by_type", "by_month", "by_age_group", "by_context"):
+        for value, n in figures[dimension].items():
+            writer.writerow([dimension.removeprefix("by_"), value, _cell(n)])
+    return out.getvalue()
+
+
+def _cell(n) -> str:
+    return f"<{SMALL_CELL}" if n is None else str(n)
