@@ -271,6 +271,30 @@ class Stack:
             focal_point_name="Punto focal",
         )
 
+    def user(self, org_code, *roles, supervises=(), email=None):
+        from warmi.admin import create_user
+
+        return create_user(org_code=org_code, roles=list(roles), name=" / ".join(roles), email=email,
+                           locale="es", supervises=list(supervises))
+
+    def user_id(self, token) -> str:
+        from sqlalchemy import select
+
+        from services.gateway import identity
+        from services.gateway.adapters import orm
+        from warmi.admin import session_for
+
+        with session_for("gateway") as session:
+            return session.execute(
+                select(orm.api_tokens.c.user_id).where(orm.api_tokens.c.token_hash == identity.hash_token(token))
+            ).scalar()
+
+    def api(self, method, path, token=None, body=None, **kwargs):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if body is not None:
+            kwargs["json"] = body
+        return requests.request(method, f"{self.url}/api/v1{path}", headers=headers, timeout=15, **kwargs)
+
     def post_case(self, token, body=None, headers=None, **kwargs):
         send = {"Authorization": f"Bearer {token}", **(headers or {})}
         if body is not None and "data" not in kwargs:

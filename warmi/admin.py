@@ -70,8 +70,45 @@ def create_organization(
     }
 
 
-def _check_email(address: str) -> None:
+def _check_email(address: str, field: str = "president_email") -> None:
     from contracts.errors import InvalidInput
 
     if not address or "@" not in address or len(address) > 320 or any(c.isspace() for c in address):
-        raise InvalidInput("not an e-mail address", {"president_email": ["not an e-mail address"]})
+        raise InvalidInput("not an e-mail address", {field: ["not an e-mail address"]})
+
+
+def create_user(*, org_code: str, roles: list[str], name: str, email: str | None, locale: str,
+                supervises: list[str]) -> dict:
+    """A user of an organisation with a fresh token; with an e-mail address,
+    also a recipient of the notifications for her first role."""
+    from contracts.errors import InvalidInput
+    from services.gateway import identity
+    from services.notifications.domain.model import Recipient
+    from services.notifications.service_layer import handlers as notifications
+    from services.notifications.service_layer.unit_of_work import UnitOfWork as NotificationsUow
+
+    if email is not None:
+        _check_email(email, "email")
+    with session_for("gateway") as session:
+        organization_id = identity.organization_by_code(session, org_code)
+        if organization_id is None:
+            raise InvalidInput("unknown organisation", {"org": ["no organisation with this code"]})
+        supervised = []
+        for code in supervises:
+            supervised_id = identity.organization_by_code(session, code)
+            if supervised_id is None:
+                raise InvalidInput("unknown organisation", {"supervises": [f"no organisation with code {code}"]})
+            supervised.append(supervised_id)
+        if supervised and "supervisor" not in roles:
+            raise InvalidInput("only a supervisor supervises", {"supervises": ["add the supervisor role"]})
+        user_id, token = identity.create_user(session, organization_id=organization_id, display_name=name, roles=roles)
+        for supervised_id in supervised:
+            identity.add_supervision(session, user_id, supervised_id)
+        if email is not None:
+            with session_for("notifications") as n_session:
+                notifications.register_recipient(
+                    NotificationsUow(n_session), Recipient(user_id, organization_id, roles[0], "email", email, locale)
+                )
+        session.commit()
+    return {"id": user_id, "organization_id": organization_id, "roles": sorted(set(roles)), "token": token}
+

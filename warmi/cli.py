@@ -58,11 +58,6 @@ def _init_keys() -> None:
         print(f"created an encryption key for case fields in {path}; keep it safe and backed up")
 
 
-def cmd_keys_init(args) -> int:
-    _init_keys()
-    return 0
-
-
 def cmd_create_organization(args) -> int:
     from contracts.errors import WarmiError
     from warmi.admin import create_organization, migrate_all
@@ -75,10 +70,140 @@ def cmd_create_organization(args) -> int:
             focal_point_name=args.focal_point_name,
         )
     except WarmiError as err:
-        print(json.dumps({"error": {"code": err.code, "message": err.message, "fields": err.fields}}), file=sys.stderr)
-        return 2
+        return _fail(err)
     print(json.dumps(result, indent=2))
     print("Tokens are shown once; hand each to its holder.", file=sys.stderr)
+    return 0
+
+
+def _fail(err) -> int:
+    print(json.dumps({"error": {"code": err.code, "message": err.message, "fields": err.fields}}), file=sys.stderr)
+    return 2
+
+
+def cmd_create_user(args) -> int:
+    from contracts.errors import WarmiError
+    from warmi.admin import create_user, migrate_all
+
+    migrate_all()
+    try:
+        result = create_user(
+            org_code=args.org, roles=args.role, name=args.name, email=args.email, locale=args.locale,
+            supervises=[c for c in (args.supervises or "").split(",") if c],
+        )
+    except WarmiError as err:
+        return _fail(err)
+    print(json.dumps(result, indent=2))
+    print("The token is shown once; hand it to its holder.", file=sys.stderr)
+    return 0
+
+
+def _key_file() -> Path:
+    from servicekit.config import home
+
+    return Path(os.environ.get("CASES_ENCRYPTION_KEYS_FILE") or home() / "cases.keys")
+
+
+def _keyring():
+    from services.cases.adapters.crypto import KeyRing
+
+    return KeyRing.from_settings(os.environ.get("CASES_ENCRYPTION_KEYS"), str(_key_file()))
+
+
+def cmd_keys(args) -> int:
+    from cryptography.fernet import Fernet
+
+    from services.cases.adapters.crypto import KeyRing
+    from services.cases.service_layer import keys
+    from warmi.admin import session_for
+
+    if args.action == "init":
+        _init_keys()
+        return 0
+    if args.action == "add":
+        if os.environ.get("CASES_ENCRYPTION_KEYS"):
+            print("keys come from CASES_ENCRYPTION_KEYS: put a new key first there", file=sys.stderr)
+            return 2
+        path = _key_file()
+        existing = path.read_text().split() if path.exists() else []
+        path.write_text("\n".join([Fernet.generate_key().decode(), *existing]) + "\n")
+        path.chmod(0o600)
+        print(f"added a new newest key to {path}; run `warmi keys rotate`, then `warmi keys retire`")
+        return 0
+    ring = _keyring()
+    with session_for("cases") as session:
+        if args.action == "rotate":
+            print(f"re-encrypted {keys.rotate(session, ring)} row(s) with the newest key")
+            return 0
+        # retire: keep only the newest key, once everything reads with it alone
+        path = _key_file()
+        if os.environ.get("CASES_ENCRYPTION_KEYS") or not path.exists():
+            print("retire works on the key file; with CASES_ENCRYPTION_KEYS, drop the old keys there", file=sys.stderr)
+            return 2
+        newest = path.read_text().split()[0]
+        if not keys.retirable(session, KeyRing([newest])):
+            print("some fields still need an old key: run `warmi keys rotate` first", file=sys.stderr)
+            return 1
+        path.write_text(newest + "\n")
+        print("old keys retired")
+        return 0
+
+
+def cmd_audit(args) -> int:
+    from services.cases.service_layer import queries
+    from services.cases.service_layer.unit_of_work import UnitOfWork
+    from warmi.admin import session_for
+
+    with session_for("cases") as session:
+        breaks = queries.verify_audit(UnitOfWork(session))
+    for found in breaks:
+        print(json.dumps({"organization_id": found.organization_id, "entry_id": found.entry_id,
+                          "problem": found.reason}))
+    if breaks:
+        print("the audit trail was altered", file=sys.stderr)
+        return 1
+    print("the audit trail is intact")
+    return 0
+
+
+def cmd_statistics(args) -> int:
+    from services.cases.domain.access import Caller
+    from services.cases.service_layer import queries
+    from services.cases.service_layer.unit_of_work import UnitOfWork
+    from services.gateway import identity
+    from warmi.admin import session_for
+
+    with session_for("gateway") as session:
+        organization_id = identity.organization_by_code(session, args.org)
+    if organization_id is None:
+        print(f"no organisation with code {args.org}", file=sys.stderr)
+        return 2
+    caller = Caller("00000000-0000-0000-0000-000000000000", organization_id, frozenset({"programme"}))
+    with session_for("cases") as session:
+        figures = queries.statistics(UnitOfWork(session), caller, {})
+    print(queries.statistics_csv(figures), end="")
+    return 0
+
+
+def cmd_assign_protocol(args) -> int:
+    from contracts.errors import WarmiError
+    from services.cases.service_layer import handlers
+    from services.cases.service_layer.unit_of_work import UnitOfWork
+    from services.gateway import identity
+    from warmi.admin import session_for
+
+    with session_for("gateway") as session:
+        organization_id = identity.organization_by_code(session, args.org)
+    if organization_id is None:
+        print(f"no organisation with code {args.org}", file=sys.stderr)
+        return 2
+    try:
+        with session_for("cases") as session:
+            handlers.assign_protocol(UnitOfWork(session), organization_id=organization_id,
+                                     protocol_id=args.protocol, version=args.version)
+    except WarmiError as err:
+        return _fail(err)
+    print(f"new cases of {args.org} follow {args.protocol} v{args.version}")
     return 0
 
 
@@ -115,9 +240,33 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_serve)
     sub.add_parser("migrate", help="create or upgrade every service's database").set_defaults(fn=cmd_migrate)
 
-    k = sub.add_parser("keys", help="encryption keys of case fields")
-    k.add_argument("action", choices=["init"])
-    k.set_defaults(fn=cmd_keys_init)
+    k = sub.add_parser("keys", help="encryption keys of case fields: init, add a new one, rotate, retire old ones")
+    k.add_argument("action", choices=["init", "add", "rotate", "retire"])
+    k.set_defaults(fn=cmd_keys)
+
+    u = sub.add_parser("create-user", help="a person of an organisation, with a token")
+    u.add_argument("--org", required=True, help="the organisation's code, e.g. CEC")
+    u.add_argument("--role", required=True, action="append",
+                   choices=["focal_point", "case_lead", "president", "supervisor", "programme", "operator"])
+    u.add_argument("--name", required=True)
+    u.add_argument("--email", default=None, help="to receive notifications")
+    u.add_argument("--locale", default="es", choices=["es", "en"])
+    u.add_argument("--supervises", default=None, help="codes of the organisations a supervisor supervises")
+    u.set_defaults(fn=cmd_create_user)
+
+    a = sub.add_parser("audit", help="the audit trail of case reads and writes")
+    a.add_argument("action", choices=["verify"])
+    a.set_defaults(fn=cmd_audit)
+
+    st = sub.add_parser("statistics", help="anonymised figures of an organisation, as CSV")
+    st.add_argument("--org", required=True)
+    st.set_defaults(fn=cmd_statistics)
+
+    ap = sub.add_parser("assign-protocol", help="the remediation protocol new cases of an organisation follow")
+    ap.add_argument("--org", required=True)
+    ap.add_argument("--protocol", default="smp-gbv")
+    ap.add_argument("--version", type=int, default=1)
+    ap.set_defaults(fn=cmd_assign_protocol)
 
     o = sub.add_parser("create-organization", help="an organisation with its president and a focal point")
     o.add_argument("--code", required=True, help="prefix of survivor codes, e.g. CEC")

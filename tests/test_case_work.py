@@ -1,0 +1,280 @@
+"""Case work through the gateway, against the real services, broker and
+PostgreSQL: classification, plans, consent, closure, audit, statistics."""
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import table_counts, wait_until
+from warmi import cli
+
+NOW = datetime.now(timezone.utc)
+
+
+@pytest.fixture
+def team(stack):
+    """An organisation with its president, focal point, case lead and supervisor."""
+    stack.start_all()
+    org = stack.organization()
+    people = {
+        "president": org["president"]["token"],
+        "focal_point": org["focal_point"]["token"],
+        "case_lead": stack.user("CEC", "case_lead")["token"],
+        "supervisor": stack.user("CEC", "supervisor", supervises=["CEC"])["token"],
+    }
+    return stack, org, people
+
+
+def open_case(stack, people, **body):
+    response = stack.post_case(people["focal_point"], {"age_group": "18-25", **body})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def current(stack, people, case):
+    response = stack.api("GET", f"/cases/{case['id']}", people["president"])
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def step(detail, step_id):
+    return next((s for s in detail["plan"]["steps"] if s["step_id"] == step_id), None)
+
+
+def test_a_rape_case_gets_its_medical_referral_within_the_clinical_window(team):
+    stack, org, people = team
+    case = open_case(stack, people, incident_at=(NOW - timedelta(hours=10)).isoformat())
+    detail = current(stack, people, case)
+    assert step(detail, "R3") is None  # not classified yet
+
+    classified = stack.api("POST", f"/cases/{case['id']}/classification", people["president"], {
+        "version": detail["version"],
+        "answers": {"rape": True, "sexual_assault": False, "physical_assault": False, "forced_marriage": False,
+                    "denial_of_resources": False, "psychological_abuse": False},
+    })
+
+    assert classified.status_code == 200, classified.text
+    detail = current(stack, people, case)
+    assert detail["incident_type"] == "rape"
+    opened = datetime.fromisoformat(detail["opened_at"])
+    incident = datetime.fromisoformat(detail["incident_at"])
+    r3 = step(detail, "R3")
+    assert datetime.fromisoformat(r3["due_at"]) == min(opened + timedelta(hours=2), incident + timedelta(hours=72))
+    assert r3["urgent"] and r3["status"] == "open"
+    assert step(detail, "M1") is None
+
+
+def test_a_minor_is_flagged_and_gets_the_mandatory_report_step(team):
+    stack, org, people = team
+    case = open_case(stack, people, age_group="12-17")
+    detail = current(stack, people, case)
+    assert detail["minor"] and detail["mandatory_report"]
+    assert step(detail, "M1")["responsible"] == ["case_lead", "president"]
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"answers": {"rape": False}}, "sexual_assault"),
+    ({"answers": {"rape": "yes"}}, "rape"),
+    ({"answers": {"rape": True}, "incident_type": "rape"}, "answers"),
+    ({"answers": {"kidnapping": True}}, "answers"),
+    ({"incident_type": "theft"}, "incident_type"),
+    ({}, "answers"),
+])
+def test_invalid_classification_answers_are_refused_and_change_nothing(team, clean_databases, body, field):
+    stack, org, people = team
+    case = open_case(stack, people)
+    version = current(stack, people, case)["version"]
+    before = table_counts(clean_databases["cases"])
+
+    response = stack.api("POST", f"/cases/{case['id']}/classification", people["president"],
+                         {"version": version, **body})
+
+    assert response.status_code == 422, response.text
+    assert field in response.json()["error"]["fields"]
+    after = table_counts(clean_databases["cases"])
+    assert {k: v for k, v in after.items() if k not in ("audit_log",)} == \
+        {k: v for k, v in before.items() if k not in ("audit_log",)}
+
+
+def test_a_stale_update_is_refused(team):
+    stack, org, people = team
+    case = open_case(stack, people)
+    version = current(stack, people, case)["version"]
+
+    first = stack.api("PATCH", f"/cases/{case['id']}", people["president"], {"version": version, "place": "mine_site"})
+    second = stack.api("PATCH", f"/cases/{case['id']}", people["president"], {"version": version, "place": "camp"})
+
+    assert first.status_code == 200 and first.json()["version"] == version + 1
+    assert second.status_code == 409 and "version" in second.json()["error"]["fields"]
+    assert current(stack, people, case)["place"] == "mine_site"
+
+
+def test_an_incident_after_the_report_or_in_the_future_is_refused(team):
+    stack, org, people = team
+    case = open_case(stack, people)
+    version = current(stack, people, case)["version"]
+    later = (datetime.fromisoformat(case["opened_at"]) + timedelta(minutes=5)).isoformat()
+
+    patched = stack.api("PATCH", f"/cases/{case['id']}", people["president"], {"version": version, "incident_at": later})
+    opened = stack.post_case(people["focal_point"], {"age_group": "18-25",
+                                                      "incident_at": (NOW + timedelta(days=1)).isoformat()})
+
+    assert patched.status_code == 422 and "incident_at" in patched.json()["error"]["fields"]
+    assert opened.status_code == 422 and "incident_at" in opened.json()["error"]["fields"]
+
+
+def test_steps_are_completed_once_and_only_steps_of_the_protocol(team, clean_databases):
+    stack, org, people = team
+    case = open_case(stack, people)
+
+    unknown = stack.api("POST", f"/cases/{case['id']}/steps/R99/completion", people["president"], {})
+    done = stack.api("POST", f"/cases/{case['id']}/steps/R0/completion", people["focal_point"],
+                     {"note": "ayuda de emergencia ofrecida"})
+    again = stack.api("POST", f"/cases/{case['id']}/steps/R0/completion", people["president"], {})
+
+    assert unknown.status_code == 404 and "step_id" in unknown.json()["error"]["fields"]
+    assert done.status_code == 200, done.text
+    assert done.json()["status"] == "in_progress"
+    assert again.status_code == 409
+    r0 = step(current(stack, people, case), "R0")
+    assert r0["status"] == "done" and r0["note"] == "ayuda de emergencia ofrecida"
+    with clean_databases["cases"].connect() as conn:
+        raw = conn.execute(text("SELECT note_enc FROM plan_steps WHERE step_id = 'R0'")).scalar()
+    assert "emergencia" not in raw
+
+
+def test_a_high_risk_case_closes_only_with_supervisor_approval_and_reopening_is_logged(team):
+    stack, org, people = team
+    case = open_case(stack, people)
+    version = current(stack, people, case)["version"]
+    assert stack.api("POST", f"/cases/{case['id']}/risk", people["president"],
+                     {"version": version, "risk_level": "high"}).status_code == 200
+    version = current(stack, people, case)["version"]
+
+    refused = stack.api("POST", f"/cases/{case['id']}/closure", people["president"],
+                        {"version": version, "reason": "survivor_agreed"})
+    assert refused.status_code == 422 and "approval" in refused.json()["error"]["fields"]
+
+    assert stack.api("POST", f"/cases/{case['id']}/closure-approval", people["supervisor"]).status_code == 200
+    version = current(stack, people, case)["version"]
+    closed = stack.api("POST", f"/cases/{case['id']}/closure", people["president"],
+                       {"version": version, "reason": "survivor_agreed"})
+    assert closed.status_code == 200, closed.text
+    assert closed.json()["status"] == "closed"
+    edit = stack.api("PATCH", f"/cases/{case['id']}", people["president"], {"version": closed.json()["version"],
+                                                                            "place": "camp"})
+    assert edit.status_code == 409
+
+    reopened = stack.api("POST", f"/cases/{case['id']}/reopening", people["president"],
+                         {"version": closed.json()["version"], "reason": "new_incident"})
+    assert reopened.status_code == 200, reopened.text
+    detail = current(stack, people, case)
+    assert [h["to"] for h in detail["history"]] == ["open", "closed", "reopened"]
+    assert detail["history"][-1]["reason"] == "new_incident"
+    assert step(detail, "R9")["status"] == "open"
+
+
+def test_withdrawing_referral_consent_cancels_the_referral_steps(team, clean_databases):
+    stack, org, people = team
+    case = open_case(stack, people, incident_at=(NOW - timedelta(hours=5)).isoformat())
+    version = current(stack, people, case)["version"]
+    stack.api("POST", f"/cases/{case['id']}/classification", people["president"],
+              {"version": version, "incident_type": "sexual_assault"})
+    provider = str(uuid.uuid4())
+    given = stack.api("POST", f"/cases/{case['id']}/consents", people["president"], {
+        "purpose": "referral", "given_by": "survivor", "provider_id": provider, "data_shared": ["medical"]})
+    assert given.status_code == 201, given.text
+
+    withdrawn = stack.api("POST", f"/cases/{case['id']}/consents/{given.json()['id']}/withdrawal", people["president"])
+
+    assert withdrawn.status_code == 200, withdrawn.text
+    detail = current(stack, people, case)
+    assert step(detail, "R3")["status"] == "cancelled" and step(detail, "R6")["status"] == "cancelled"
+    assert step(detail, "R4")["status"] == "open"
+    again = stack.api("POST", f"/cases/{case['id']}/consents/{given.json()['id']}/withdrawal", people["president"])
+    assert again.status_code == 409
+    with clean_databases["cases"].connect() as conn:
+        bodies = conn.execute(text("SELECT body FROM outbox WHERE routing_key = 'consent_withdrawn'")).scalars().all()
+    assert json.loads(bodies[0])["data"]["cancelled_steps"] == ["R3", "R6"]
+
+
+def test_a_minors_consent_needs_a_caregiver_and_the_childs_assent(team):
+    stack, org, people = team
+    case = open_case(stack, people, age_group="0-11")
+    url = f"/cases/{case['id']}/consents"
+
+    by_child = stack.api("POST", url, people["president"], {"purpose": "case_management", "given_by": "survivor"})
+    no_assent = stack.api("POST", url, people["president"], {"purpose": "case_management", "given_by": "caregiver"})
+    proper = stack.api("POST", url, people["president"], {"purpose": "case_management", "given_by": "caregiver",
+                                                          "child_assent": True})
+
+    assert by_child.status_code == 422 and "given_by" in by_child.json()["error"]["fields"]
+    assert no_assent.status_code == 422 and "child_assent" in no_assent.json()["error"]["fields"]
+    assert proper.status_code == 201
+
+
+def test_every_read_is_audited_and_an_edited_entry_fails_verification(team, clean_databases, capsys):
+    stack, org, people = team
+    case = open_case(stack, people)
+    current(stack, people, case)
+    stack.api("GET", "/cases", people["focal_point"])
+
+    trail = stack.api("GET", f"/cases/{case['id']}/audit", people["president"])
+
+    assert trail.status_code == 200, trail.text
+    actions = [entry["action"] for entry in trail.json()]
+    assert actions[:3] == ["open", "read", "list"]
+    assert all(set(entry) == {"id", "actor_id", "action", "fields", "at"} for entry in trail.json())
+    assert cli.main(["audit", "verify"]) == 0
+
+    with clean_databases["cases"].begin() as conn:
+        conn.execute(text("UPDATE audit_log SET actor_id = :who WHERE action = 'read'"), {"who": str(uuid.uuid4())})
+    capsys.readouterr()
+
+    assert cli.main(["audit", "verify"]) == 1
+    assert "content does not match its hash" in capsys.readouterr().out
+
+
+def test_deleting_an_audit_entry_fails_verification(team, clean_databases):
+    stack, org, people = team
+    case = open_case(stack, people)
+    current(stack, people, case)
+    current(stack, people, case)
+    with clean_databases["cases"].begin() as conn:
+        conn.execute(text("DELETE FROM audit_log WHERE id = (SELECT max(id) FROM audit_log)"))
+    assert cli.main(["audit", "verify"]) == 1
+
+
+def test_statistics_count_consented_cases_and_hide_small_cells(team):
+    stack, org, people = team
+
+    def consented_case(incident_type, consent=True):
+        case = open_case(stack, people)
+        version = current(stack, people, case)["version"]
+        stack.api("POST", f"/cases/{case['id']}/classification", people["president"],
+                  {"version": version, "incident_type": incident_type})
+        if consent:
+            assert stack.api("POST", f"/cases/{case['id']}/consents", people["president"],
+                             {"purpose": "aggregate_reporting", "given_by": "survivor"}).status_code == 201
+
+    for _ in range(6):
+        consented_case("physical_assault")
+    for _ in range(5):
+        consented_case("psychological_abuse")
+    consented_case("rape")
+    consented_case("rape", consent=False)  # not counted at all
+
+    figures = stack.api("GET", "/statistics", people["president"])
+    as_csv = stack.api("GET", "/statistics?format=csv", people["president"])
+
+    assert figures.status_code == 200, figures.text
+    by_type = figures.json()["by_type"]
+    assert by_type["rape"] is None  # one case: hidden
+    assert by_type["psychological_abuse"] is None  # hidden too, or the total would give the rape case away
+    assert by_type["physical_assault"] == 6
+    assert figures.json()["total"] == 12
+    assert "type,rape,<5" in as_csv.text.splitlines()
+    assert as_csv.headers["Content-Type"].startswith("text/csv")
+    assert stack.api("GET", "/statistics", people["focal_point"]).status_code == 403
