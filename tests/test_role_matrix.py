@@ -1,0 +1,140 @@
+"""Every role × every operation × own and other organisation, through the
+gateway and the real services: allowed or refused, as need-to-know says."""
+import pytest
+
+ROLES = ("focal_point", "case_lead", "president", "supervisor", "programme", "operator")
+
+# what each role may do with a case of its own organisation that it is connected to:
+# the focal point who opened it, its assigned case lead, the president, a supervisor of the organisation
+ALLOWED = {
+    "read": {"focal_point", "case_lead", "president", "supervisor"},
+    "list": {"focal_point", "case_lead", "president", "supervisor"},
+    "update": {"case_lead", "president"},
+    "classify": {"case_lead", "president"},
+    "risk": {"case_lead", "president"},
+    "consent": {"case_lead", "president"},
+    "complete_R0": {"focal_point", "president"},
+    "complete_R1": {"case_lead", "president"},
+    "audit": {"president", "supervisor"},
+    "close": {"case_lead", "president", "supervisor"},
+    "statistics": {"president", "supervisor", "programme"},
+    "open": {"focal_point", "case_lead", "president"},
+}
+SEES_CASES = {"focal_point", "case_lead", "president", "supervisor"}
+
+
+@pytest.fixture
+def world(stack):
+    stack.start_all()
+    tokens = {}
+    for code in ("CEC", "SMP"):
+        org = stack.organization(code, timezone="America/Lima" if code == "CEC" else "America/Bogota")
+        tokens[code] = {
+            "president": org["president"]["token"],
+            "focal_point": org["focal_point"]["token"],
+            "case_lead": stack.user(code, "case_lead")["token"],
+            "supervisor": stack.user(code, "supervisor", supervises=[code])["token"],
+            "programme": stack.user(code, "programme")["token"],
+            "operator": stack.user(code, "operator")["token"],
+        }
+    return stack, tokens
+
+
+def fresh_case(stack, team):
+    """A case of ``team``'s organisation, opened by its focal point and led by its case lead."""
+    case = stack.post_case(team["focal_point"], {"age_group": "18-25"}).json()
+    version = stack.api("GET", f"/cases/{case['id']}", team["president"]).json()["version"]
+    led = stack.api("POST", f"/cases/{case['id']}/case-lead", team["president"],
+                    {"version": version, "case_lead_id": stack.user_id(team["case_lead"])})
+    assert led.status_code == 200, led.text
+    return led.json()
+
+
+def attempt(stack, operation, token, case, team):
+    cid = case["id"]
+    version = stack.api("GET", f"/cases/{cid}", team["president"]).json().get("version", 1)
+    if operation == "read":
+        return stack.api("GET", f"/cases/{cid}", token)
+    if operation == "list":
+        response = stack.api("GET", "/cases", token)
+        if response.status_code == 200:
+            return 200 if cid in [c["id"] for c in response.json()["items"]] else 404
+        return response
+    if operation == "update":
+        return stack.api("PATCH", f"/cases/{cid}", token, {"version": version, "place": "camp"})
+    if operation == "classify":
+        return stack.api("POST", f"/cases/{cid}/classification", token, {"version": version, "incident_type": "physical_assault"})
+    if operation == "risk":
+        return stack.api("POST", f"/cases/{cid}/risk", token, {"version": version, "risk_level": "medium"})
+    if operation == "consent":
+        return stack.api("POST", f"/cases/{cid}/consents", token, {"purpose": "case_management", "given_by": "survivor"})
+    if operation in ("complete_R0", "complete_R1"):
+        return stack.api("POST", f"/cases/{cid}/steps/{operation[-2:]}/completion", token, {})
+    if operation == "audit":
+        return stack.api("GET", f"/cases/{cid}/audit", token)
+    if operation == "close":
+        return stack.api("POST", f"/cases/{cid}/closure", token, {"version": version, "reason": "survivor_agreed"})
+    if operation == "statistics":
+        return stack.api("GET", "/statistics", token)
+    if operation == "open":
+        return stack.post_case(token, {"age_group": "unknown"})
+    raise AssertionError(operation)
+
+
+def status_of(result) -> int:
+    return result if isinstance(result, int) else result.status_code
+
+
+@pytest.mark.parametrize("operation", sorted(ALLOWED))
+def test_role_matrix(world, operation):
+    stack, tokens = world
+    outcomes = {}
+    for role in ROLES:
+        for where in ("own", "other"):
+            owner = tokens["CEC"] if where == "own" else tokens["SMP"]
+            case = fresh_case(stack, owner)  # a fresh case each time: no attempt sees another's effects
+            status = status_of(attempt(stack, operation, tokens["CEC"][role], case, owner))
+            allowed = role in ALLOWED[operation] and (where == "own" or operation in ("statistics", "open"))
+            outcomes[(role, where)] = (status, allowed)
+
+    wrong = {}
+    for (role, where), (status, allowed) in outcomes.items():
+        if allowed and status not in (200, 201):
+            wrong[(role, where)] = status
+        if not allowed:
+            hidden = where == "other" or role not in SEES_CASES
+            expected = 404 if hidden and operation not in ("statistics", "open") else 403
+            if operation == "list" and role not in SEES_CASES:
+                expected = 403
+            if status != expected:
+                wrong[(role, where)] = status
+    assert wrong == {}, f"{operation}: unexpected statuses {wrong}"
+
+
+def test_statistics_of_another_organisation_are_never_mixed_in(world):
+    stack, tokens = world
+    for _ in range(5):
+        case = stack.post_case(tokens["SMP"]["focal_point"], {"age_group": "18-25"}).json()
+        stack.api("POST", f"/cases/{case['id']}/consents", tokens["SMP"]["president"],
+                  {"purpose": "aggregate_reporting", "given_by": "survivor"})
+    assert stack.api("GET", "/statistics", tokens["CEC"]["president"]).json()["total"] == 0
+    assert stack.api("GET", "/statistics", tokens["SMP"]["president"]).json()["total"] == 5
+
+
+def test_an_excluded_user_sees_nothing_of_the_case_not_even_that_it_exists(world):
+    stack, tokens = world
+    team = tokens["CEC"]
+    case = fresh_case(stack, team)
+    lead = stack.user_id(team["case_lead"])
+    version = stack.api("GET", f"/cases/{case['id']}", team["president"]).json()["version"]
+
+    excluded = stack.api("POST", f"/cases/{case['id']}/exclusions", team["president"],
+                         {"version": version, "user_id": lead})
+
+    assert excluded.status_code == 200, excluded.text
+    assert excluded.json()["case_lead_id"] is None
+    assert stack.api("GET", f"/cases/{case['id']}", team["case_lead"]).status_code == 404
+    assert case["id"] not in [c["id"] for c in stack.api("GET", "/cases", team["case_lead"]).json()["items"]]
+    again = stack.api("POST", f"/cases/{case['id']}/case-lead", team["president"],
+                      {"version": excluded.json()["version"], "case_lead_id": lead})
+    assert again.status_code == 422
