@@ -58,8 +58,20 @@ cases = Table(
     Column("protocol_version", Integer, nullable=True),
     Column("closure_approved_by", String(36), nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=True),
+    # kept for the anonymised statistics, so that they read one narrow index:
+    # the month of opening in the organisation's time zone, and whether the
+    # survivor's consent to aggregate reporting stands
+    Column("opened_month", String(7), nullable=True),
+    Column("reporting_consent", Boolean, nullable=False, server_default=text("false")),
     UniqueConstraint("organization_id", "idempotency_key", name="uq_cases_idempotency"),
     Index("ix_cases_org_status", "organization_id", "status"),
+    Index(
+        "ix_cases_reporting",
+        "organization_id",
+        postgresql_include=["incident_type", "opened_month", "age_group", "minor", "context_flags", "opened_at"],
+        postgresql_where=text("reporting_consent"),
+        sqlite_where=text("reporting_consent"),
+    ),
 )
 
 case_exclusions = Table(

@@ -27,6 +27,7 @@ _CASE_COLUMNS = (
     "id", "organization_id", "survivor_code", "age_group", "sex", "incident_at", "opened_at", "opened_by",
     "idempotency_key", "minor", "disability", "place", "perpetrator_relationship", "delay_bucket",
     "case_lead_id", "protocol_id", "protocol_version", "closure_approved_by", "version", "updated_at",
+    "opened_month",
 )
 
 
@@ -130,9 +131,13 @@ class SqlCaseRepository:
             protocol_id=row.protocol_id,
             protocol_version=row.protocol_version,
             closure_approved_by=row.closure_approved_by,
+            opened_month=row.opened_month,
             version=row.version,
             updated_at=aware(row.updated_at),
         )
+
+    def set_reporting_consent(self, case_id: str, consented: bool) -> None:
+        self.session.execute(update(orm.cases).where(orm.cases.c.id == case_id).values(reporting_consent=consented))
 
     def exclude(self, case_id: str, user_id: str, by: str, now: datetime) -> None:
         try:

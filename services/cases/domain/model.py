@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from services.cases.domain.access import Caller
 from services.cases.domain.classification import (
@@ -80,6 +81,7 @@ class Case:
     protocol_id: str | None = None
     protocol_version: int | None = None
     closure_approved_by: str | None = None
+    opened_month: str | None = None  # YYYY-MM in the organisation's time zone
     version: int = 1
     updated_at: datetime | None = None
     # what this unit of work changed, for the service layer
@@ -225,6 +227,7 @@ def open_case(
         delay_bucket=delay_bucket(incident_at, now),
         protocol_id=organization.protocol_id,
         protocol_version=organization.protocol_version,
+        opened_month=now.astimezone(ZoneInfo(organization.timezone)).strftime("%Y-%m"),
     )
     case.status_log.append(StatusChange(None, CaseStatus.OPEN, caller.user_id, now))
     return case

@@ -302,6 +302,7 @@ def record_consent(uow: UnitOfWork, caller: Caller, case_id: str, command: dict,
     except model.InvalidCase as err:
         raise _invalid(err) from None
     uow.consents.add(consent)
+    _note_reporting_consent(uow, case)
     replan(uow, case, policy, now)  # consent given again restores work it had cancelled
     uow.audit(case_id=case.id, organization_id=case.organization_id, actor_id=caller.user_id, action="consent",
               fields=["consent." + consent.purpose], now=now)
@@ -325,6 +326,7 @@ def withdraw_consent(uow: UnitOfWork, caller: Caller, case_id: str, consent_id: 
         raise Conflict(err.message, {err.field: [err.message]}) from None
     if not uow.consents.withdraw(consent):
         raise Conflict("this consent was already withdrawn", {"consent_id": ["already withdrawn"]})
+    _note_reporting_consent(uow, case)
     before = {s.step_id for s in uow.plans.steps(case.id) if s.status == "open"}
     replan(uow, case, policy, now)
     cancelled = sorted(before - {s.step_id for s in uow.plans.steps(case.id) if s.status == "open"})
@@ -334,6 +336,12 @@ def withdraw_consent(uow: UnitOfWork, caller: Caller, case_id: str, consent_id: 
                                          "withdrawn_by": caller.user_id, "cancelled_steps": cancelled}, now)
     uow.commit()
     return consent
+
+
+def _note_reporting_consent(uow: UnitOfWork, case: model.Case) -> None:
+    """Statistics count a case while a consent to aggregate reporting stands."""
+    standing = any(c.active and c.purpose == "aggregate_reporting" for c in uow.consents.for_case(case.id))
+    uow.cases.set_reporting_consent(case.id, standing)
 
 
 def _step_row(uow: UnitOfWork, case: model.Case, step_id: str):

@@ -7,7 +7,7 @@ import io
 import json
 from datetime import datetime, timezone
 
-from sqlalchemy import and_, case as when, exists, func, or_, select
+from sqlalchemy import and_, case as when, exists, func, or_, select, tuple_
 
 from contracts.errors import Forbidden
 from services.cases.adapters import orm
@@ -132,45 +132,50 @@ def verify_audit(uow: UnitOfWork) -> list:
 
 
 def statistics(uow: UnitOfWork, caller: Caller, filters: dict) -> dict:
-    """Anonymous counts over cases whose survivor consented to aggregate
-    reporting; any count under 5 is withheld (``null``), and so is a total
-    that would let it be worked out."""
+    """Anonymous counts over cases whose survivor's consent to aggregate
+    reporting stands; any count under 5 is withheld (``null``), and so is a
+    second one where a single withheld count could be worked out from the total."""
     scope = statistics_scope(caller)
     if not scope:
         raise Forbidden("your role does not see statistics")
-    c, k, o = orm.cases, orm.consents, orm.organizations
-    consented = exists().where(k.c.case_id == c.c.id, k.c.purpose == "aggregate_reporting", k.c.withdrawn_at.is_(None))
-    where = [c.c.organization_id.in_(sorted(scope)), consented]
+    c = orm.cases
+    where = [c.c.organization_id.in_(sorted(scope)), c.c.reporting_consent.is_(True)]
     if filters.get("from"):
         where.append(c.c.opened_at >= filters["from"])
     if filters.get("to"):
         where.append(c.c.opened_at < filters["to"])
-    if uow.dialect == "postgresql":
-        month = func.to_char(func.timezone(o.c.timezone, c.c.opened_at), "YYYY-MM")
-    else:
-        month = func.strftime("%Y-%m", c.c.opened_at)
-
-    def grouped(column) -> dict:
-        rows = uow.session.execute(
-            select(column.label("value"), func.count().label("n"))
-            .select_from(c.join(o, o.c.id == c.c.organization_id)).where(*where).group_by(column)
-        ).all()
-        return {str(r.value if r.value is not None else "unclassified"): r.n for r in rows}
-
-    flags = [func.sum(when((c.c.context_flags.like(f"%{flag}%"), 1), else_=0)).label(flag) for flag in CONTEXT_FLAGS]
     sexual = [t.value for t in SEXUAL]
-    csa = func.sum(when((and_(c.c.minor.is_(True), c.c.incident_type.in_(sexual)), 1), else_=0))
-    context_row = uow.session.execute(
-        select(func.count().label("total"), *flags, csa.label("child_sexual_abuse"))
-        .select_from(c.join(o, o.c.id == c.c.organization_id)).where(*where)
-    ).one()
-    context = {flag: int(getattr(context_row, flag) or 0) for flag in CONTEXT_FLAGS}
-    context["child_sexual_abuse"] = int(context_row.child_sexual_abuse or 0)
+    sums = [func.sum(when((c.c.context_flags.like(f"%{flag}%"), 1), else_=0)).label(flag) for flag in CONTEXT_FLAGS]
+    sums.append(func.sum(when((and_(c.c.minor.is_(True), c.c.incident_type.in_(sexual)), 1), else_=0))
+                .label("child_sexual_abuse"))
+    dimensions = {"by_type": c.c.incident_type, "by_month": c.c.opened_month, "by_age_group": c.c.age_group}
+    counts: dict[str, dict] = {name: {} for name in dimensions}
+    if uow.dialect == "postgresql":
+        # one pass over the reporting index for every dimension at once
+        rows = uow.session.execute(
+            select(*dimensions.values(), *(func.grouping(col).label(f"g_{name}") for name, col in dimensions.items()),
+                   func.count().label("n"), *sums)
+            .where(*where)
+            .group_by(func.grouping_sets(*(tuple_(col) for col in dimensions.values()), tuple_()))
+        ).all()
+        totals = None
+        for row in rows:
+            grouped = [name for name in dimensions if getattr(row, f"g_{name}") == 0]
+            if not grouped:
+                totals = row
+                continue
+            name = grouped[0]
+            value = row._mapping[dimensions[name]]
+            counts[name][str(value if value is not None else "unclassified")] = row.n
+    else:
+        totals = uow.session.execute(select(func.count().label("n"), *sums).where(*where)).one()
+        for name, column in dimensions.items():
+            for value, n in uow.session.execute(select(column, func.count()).where(*where).group_by(column)):
+                counts[name][str(value if value is not None else "unclassified")] = n
+    context = {flag: int(getattr(totals, flag) or 0) if totals else 0 for flag in (*CONTEXT_FLAGS, "child_sexual_abuse")}
     return {
-        "total": _suppress(int(context_row.total)),
-        "by_type": _suppress_partition(grouped(c.c.incident_type)),
-        "by_month": _suppress_partition(grouped(month)),
-        "by_age_group": _suppress_partition(grouped(c.c.age_group)),
+        "total": _suppress(int(totals.n) if totals else 0),
+        **{name: _suppress_partition(cells) for name, cells in counts.items()},
         "by_context": {key: _suppress(n) for key, n in sorted(context.items())},
         "suppressed_below": SMALL_CELL,
     }

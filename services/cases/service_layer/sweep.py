@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from contracts.events import build_event
+from contracts.events import build_events
 from servicekit import outbox
 from services.cases.adapters import orm
 from services.cases.adapters.repository import aware
@@ -26,7 +26,8 @@ def sweep(sessions: sessionmaker, policy: AlertPolicy, *, now: datetime | None =
             rows = _claim(session, now, batch)
             if not rows:
                 return staged
-            events, changes = [], []
+            by_kind: dict[str, list[dict]] = {}
+            changes = []
             for row in rows:
                 due_at = aware(row.due_at)
                 alerts, stage, next_at = alerts_due(row.alert_stage, due_at, now, policy)
@@ -34,9 +35,12 @@ def sweep(sessions: sessionmaker, policy: AlertPolicy, *, now: datetime | None =
                     data = {"step_id": row.step_id, "due_at": due_at, "responsible": row.responsible.split(",")}
                     if kind == "step_escalated":
                         data["rung"] = rung
-                    events.append(build_event(kind, organization_id=row.organization_id, case_id=row.case_id,
-                                              occurred_at=now, data=data))
+                    by_kind.setdefault(kind, []).append(
+                        {"organization_id": row.organization_id, "case_id": row.case_id, "occurred_at": now,
+                         "data": data}
+                    )
                 changes.append({"row_id": row.id, "stage": stage, "next_at": next_at})
+            events = [event for kind, items in by_kind.items() for event in build_events(kind, items)]
             outbox.stage_many(session, orm.outbox, events, source="cases", headers=headers)
             t = orm.plan_steps
             session.execute(
