@@ -4,7 +4,10 @@ and the anonymised statistics over 1,000,000 cases, on PostgreSQL.
     .venv/bin/python bench/cases_at_scale.py [--server postgresql://postgres@127.0.0.1:5432] [--keep]
 
 It makes a throwaway database, fills it with generated rows (no real data),
-times each operation several times and prints the figures. Targets from the
+times each operation several times and prints the figures. The sweep finds 1%
+of the steps due (a catch-up after a pause; a sweep every 30 s finds far
+fewer). Statistics read the cells kept as cases change (rebuilt once here,
+after the bulk load). Targets from the
 design brief: sweep under 2 s, statistics under 500 ms.
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ from sqlalchemy.orm import sessionmaker  # noqa: E402
 
 from servicekit.database import make_engine  # noqa: E402
 from servicekit.migrations import upgrade  # noqa: E402
+from services.cases.adapters import cells  # noqa: E402
 from services.cases.domain.access import Caller  # noqa: E402
 from services.cases.domain.deadlines import AlertPolicy  # noqa: E402
 from services.cases.service_layer import queries  # noqa: E402
@@ -65,6 +69,11 @@ def seed(engine, organization: str, now: datetime) -> None:
                  LATERAL (SELECT CASE WHEN g % :every = 0 THEN :now - interval '10 minutes'
                                       ELSE :now + (g % 500) * interval '1 hour' END AS due) AS t"""),
                      {"org": organization, "now": now, "n": ROWS, "every": due_every})
+    with sessionmaker(engine)() as session:
+        started = time.perf_counter()
+        cells.recount(session)  # a bulk load bypasses the per-case bookkeeping
+        session.commit()
+        print(f"counted the statistics cells of {ROWS:,} cases in {time.perf_counter() - started:.1f} s")
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE"))
 

@@ -126,8 +126,10 @@ class ListFilterSchema(Strict):
 
 
 class StatisticsFilterSchema(Strict):
-    from_ = fields.AwareDateTime(data_key="from", load_default=None)
-    to = fields.AwareDateTime(load_default=None)
+    """Months, both included: ``from=2026-01&to=2026-03`` is the first quarter."""
+
+    from_ = fields.String(data_key="from", load_default=None, validate=validate.Regexp(r"^\d{4}-(0[1-9]|1[0-2])$"))
+    to = fields.String(load_default=None, validate=validate.Regexp(r"^\d{4}-(0[1-9]|1[0-2])$"))
 
 
 class CaseViewSchema(Schema):

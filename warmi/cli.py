@@ -180,7 +180,12 @@ def cmd_statistics(args) -> int:
         return 2
     caller = Caller("00000000-0000-0000-0000-000000000000", organization_id, frozenset({"programme"}))
     with session_for("cases") as session:
-        figures = queries.statistics(UnitOfWork(session), caller, {})
+        if args.recount:
+            from services.cases.adapters import cells
+
+            cells.recount(session)
+            session.commit()
+        figures = queries.statistics(UnitOfWork(session), caller, {"from": args.from_month, "to": args.to_month})
     print(queries.statistics_csv(figures), end="")
     return 0
 
@@ -260,6 +265,9 @@ def parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("statistics", help="anonymised figures of an organisation, as CSV")
     st.add_argument("--org", required=True)
+    st.add_argument("--from", dest="from_month", default=None, help="first month, YYYY-MM")
+    st.add_argument("--to", dest="to_month", default=None, help="last month, YYYY-MM")
+    st.add_argument("--recount", action="store_true", help="rebuild the counts from the cases first")
     st.set_defaults(fn=cmd_statistics)
 
     ap = sub.add_parser("assign-protocol", help="the remediation protocol new cases of an organisation follow")

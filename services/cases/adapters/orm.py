@@ -58,20 +58,12 @@ cases = Table(
     Column("protocol_version", Integer, nullable=True),
     Column("closure_approved_by", String(36), nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=True),
-    # kept for the anonymised statistics, so that they read one narrow index:
-    # the month of opening in the organisation's time zone, and whether the
-    # survivor's consent to aggregate reporting stands
+    # for the anonymised statistics: the month of opening in the organisation's
+    # time zone, and whether the survivor's consent to aggregate reporting stands
     Column("opened_month", String(7), nullable=True),
     Column("reporting_consent", Boolean, nullable=False, server_default=text("false")),
     UniqueConstraint("organization_id", "idempotency_key", name="uq_cases_idempotency"),
     Index("ix_cases_org_status", "organization_id", "status"),
-    Index(
-        "ix_cases_reporting",
-        "organization_id",
-        postgresql_include=["incident_type", "opened_month", "age_group", "minor", "context_flags", "opened_at"],
-        postgresql_where=text("reporting_consent"),
-        sqlite_where=text("reporting_consent"),
-    ),
 )
 
 case_exclusions = Table(
@@ -137,6 +129,20 @@ plan_steps = Table(
         postgresql_where=text("status = 'open' AND next_alert_at IS NOT NULL"),
         sqlite_where=text("status = 'open' AND next_alert_at IS NOT NULL"),
     ),
+)
+
+# Anonymous counts kept as cases change, one row per combination of the
+# reported dimensions: the statistics read these few rows, never the cases.
+statistics_cells = Table(
+    "statistics_cells",
+    metadata,
+    Column("organization_id", String(36), primary_key=True),
+    Column("opened_month", String(7), primary_key=True),
+    Column("incident_type", String(32), primary_key=True),  # "" while unclassified
+    Column("age_group", String(16), primary_key=True),
+    Column("minor", Boolean, primary_key=True),
+    Column("context_flags", String(200), primary_key=True),
+    Column("n", Integer, nullable=False),
 )
 
 audit_heads = Table(

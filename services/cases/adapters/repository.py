@@ -9,7 +9,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.cases.adapters import orm
+from services.cases.adapters import cells, orm
 from services.cases.domain.classification import IncidentType
 from services.cases.domain.consent import Consent
 from services.cases.domain.model import Case, Organization, StaleCase
@@ -27,7 +27,7 @@ _CASE_COLUMNS = (
     "id", "organization_id", "survivor_code", "age_group", "sex", "incident_at", "opened_at", "opened_by",
     "idempotency_key", "minor", "disability", "place", "perpetrator_relationship", "delay_bucket",
     "case_lead_id", "protocol_id", "protocol_version", "closure_approved_by", "version", "updated_at",
-    "opened_month",
+    "opened_month", "reporting_consent",
 )
 
 
@@ -64,11 +64,16 @@ class StepRow:
 
 
 class SqlCaseRepository:
+    """Cases; every write also moves the case between statistics cells."""
+
     def __init__(self, session: Session):
         self.session = session
+        self._cells: dict[str, tuple | None] = {}  # the cell each loaded case counted in
 
     def add(self, case: Case) -> None:
         self.session.execute(insert(orm.cases).values(**_case_values(case)))
+        cells.move(self.session, None, cells.key_of(case))
+        self._cells[case.id] = cells.key_of(case)
 
     def save(self, case: Case, expected_version: int) -> None:
         """Write a changed case; refuse if someone else wrote it meanwhile."""
@@ -79,13 +84,17 @@ class SqlCaseRepository:
         )
         if result.rowcount != 1:
             raise StaleCase("the case was changed by someone else meanwhile")
+        new = cells.key_of(case)
+        cells.move(self.session, self._cells.get(case.id), new)
+        self._cells[case.id] = new
 
-    def get(self, case_id: str, *, for_update: bool = False) -> Case | None:
-        query = select(orm.cases).where(orm.cases.c.id == case_id)
-        if for_update and self.session.bind.dialect.name == "postgresql":
-            query = query.with_for_update()
-        row = self.session.execute(query).first()
-        return self._to_case(row) if row else None
+    def get(self, case_id: str) -> Case | None:
+        row = self.session.execute(select(orm.cases).where(orm.cases.c.id == case_id)).first()
+        if row is None:
+            return None
+        case = self._to_case(row)
+        self._cells[case.id] = cells.key_of(case)
+        return case
 
     def by_idempotency_key(self, organization_id: str, key: str) -> Case | None:
         row = self.session.execute(
@@ -132,12 +141,10 @@ class SqlCaseRepository:
             protocol_version=row.protocol_version,
             closure_approved_by=row.closure_approved_by,
             opened_month=row.opened_month,
+            reporting_consent=bool(row.reporting_consent),
             version=row.version,
             updated_at=aware(row.updated_at),
         )
-
-    def set_reporting_consent(self, case_id: str, consented: bool) -> None:
-        self.session.execute(update(orm.cases).where(orm.cases.c.id == case_id).values(reporting_consent=consented))
 
     def exclude(self, case_id: str, user_id: str, by: str, now: datetime) -> None:
         try:

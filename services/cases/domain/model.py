@@ -82,6 +82,7 @@ class Case:
     protocol_version: int | None = None
     closure_approved_by: str | None = None
     opened_month: str | None = None  # YYYY-MM in the organisation's time zone
+    reporting_consent: bool = False  # counted in the anonymous statistics
     version: int = 1
     updated_at: datetime | None = None
     # what this unit of work changed, for the service layer

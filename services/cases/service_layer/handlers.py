@@ -302,13 +302,11 @@ def record_consent(uow: UnitOfWork, caller: Caller, case_id: str, command: dict,
     except model.InvalidCase as err:
         raise _invalid(err) from None
     uow.consents.add(consent)
-    _note_reporting_consent(uow, case)
+    version = _note_consents(uow, case, now)
     replan(uow, case, policy, now)  # consent given again restores work it had cancelled
-    uow.audit(case_id=case.id, organization_id=case.organization_id, actor_id=caller.user_id, action="consent",
-              fields=["consent." + consent.purpose], now=now)
-    uow.emit(case, "consent_recorded", {"consent_id": consent.id, "purpose": consent.purpose,
-                                        "provider_id": consent.provider_id, "recorded_by": caller.user_id}, now)
-    uow.commit()
+    case.events.append(("consent_recorded", {"consent_id": consent.id, "purpose": consent.purpose,
+                                             "provider_id": consent.provider_id, "recorded_by": caller.user_id}))
+    _finish(uow, case, caller, "consent", ["consent." + consent.purpose], now, version)
     return consent
 
 
@@ -326,22 +324,26 @@ def withdraw_consent(uow: UnitOfWork, caller: Caller, case_id: str, consent_id: 
         raise Conflict(err.message, {err.field: [err.message]}) from None
     if not uow.consents.withdraw(consent):
         raise Conflict("this consent was already withdrawn", {"consent_id": ["already withdrawn"]})
-    _note_reporting_consent(uow, case)
+    version = _note_consents(uow, case, now)
     before = {s.step_id for s in uow.plans.steps(case.id) if s.status == "open"}
     replan(uow, case, policy, now)
     cancelled = sorted(before - {s.step_id for s in uow.plans.steps(case.id) if s.status == "open"})
-    uow.audit(case_id=case.id, organization_id=case.organization_id, actor_id=caller.user_id,
-              action="withdraw_consent", fields=["consent." + consent.purpose], now=now)
-    uow.emit(case, "consent_withdrawn", {"consent_id": consent.id, "purpose": consent.purpose,
-                                         "withdrawn_by": caller.user_id, "cancelled_steps": cancelled}, now)
-    uow.commit()
+    case.events.append(("consent_withdrawn", {"consent_id": consent.id, "purpose": consent.purpose,
+                                              "withdrawn_by": caller.user_id, "cancelled_steps": cancelled}))
+    _finish(uow, case, caller, "withdraw_consent", ["consent." + consent.purpose], now, version)
     return consent
 
 
-def _note_reporting_consent(uow: UnitOfWork, case: model.Case) -> None:
-    """Statistics count a case while a consent to aggregate reporting stands."""
-    standing = any(c.active and c.purpose == "aggregate_reporting" for c in uow.consents.for_case(case.id))
-    uow.cases.set_reporting_consent(case.id, standing)
+def _note_consents(uow: UnitOfWork, case: model.Case, now: datetime) -> int:
+    """Consent is part of the case: a new version, and statistics count the
+    case while a consent to aggregate reporting stands. Returns the version
+    the change was made on."""
+    version = case.version
+    case.reporting_consent = any(
+        c.active and c.purpose == "aggregate_reporting" for c in uow.consents.for_case(case.id)
+    )
+    case.touch(now)
+    return version
 
 
 def _step_row(uow: UnitOfWork, case: model.Case, step_id: str):

@@ -7,7 +7,7 @@ import io
 import json
 from datetime import datetime, timezone
 
-from sqlalchemy import and_, case as when, exists, func, or_, select, tuple_
+from sqlalchemy import and_, exists, or_, select
 
 from contracts.errors import Forbidden
 from services.cases.adapters import orm
@@ -133,48 +133,34 @@ def verify_audit(uow: UnitOfWork) -> list:
 
 def statistics(uow: UnitOfWork, caller: Caller, filters: dict) -> dict:
     """Anonymous counts over cases whose survivor's consent to aggregate
-    reporting stands; any count under 5 is withheld (``null``), and so is a
-    second one where a single withheld count could be worked out from the total."""
+    reporting stands, read from the statistics cells; any count under 5 is
+    withheld (``null``), and so is a second one where a single withheld count
+    could be worked out from the total. ``from`` and ``to`` are months
+    (YYYY-MM, both included)."""
     scope = statistics_scope(caller)
     if not scope:
         raise Forbidden("your role does not see statistics")
-    c = orm.cases
-    where = [c.c.organization_id.in_(sorted(scope)), c.c.reporting_consent.is_(True)]
+    t = orm.statistics_cells
+    where = [t.c.organization_id.in_(sorted(scope)), t.c.n > 0]
     if filters.get("from"):
-        where.append(c.c.opened_at >= filters["from"])
+        where.append(t.c.opened_month >= filters["from"])
     if filters.get("to"):
-        where.append(c.c.opened_at < filters["to"])
-    sexual = [t.value for t in SEXUAL]
-    sums = [func.sum(when((c.c.context_flags.like(f"%{flag}%"), 1), else_=0)).label(flag) for flag in CONTEXT_FLAGS]
-    sums.append(func.sum(when((and_(c.c.minor.is_(True), c.c.incident_type.in_(sexual)), 1), else_=0))
-                .label("child_sexual_abuse"))
-    dimensions = {"by_type": c.c.incident_type, "by_month": c.c.opened_month, "by_age_group": c.c.age_group}
-    counts: dict[str, dict] = {name: {} for name in dimensions}
-    if uow.dialect == "postgresql":
-        # one pass over the reporting index for every dimension at once
-        rows = uow.session.execute(
-            select(*dimensions.values(), *(func.grouping(col).label(f"g_{name}") for name, col in dimensions.items()),
-                   func.count().label("n"), *sums)
-            .where(*where)
-            .group_by(func.grouping_sets(*(tuple_(col) for col in dimensions.values()), tuple_()))
-        ).all()
-        totals = None
-        for row in rows:
-            grouped = [name for name in dimensions if getattr(row, f"g_{name}") == 0]
-            if not grouped:
-                totals = row
-                continue
-            name = grouped[0]
-            value = row._mapping[dimensions[name]]
-            counts[name][str(value if value is not None else "unclassified")] = row.n
-    else:
-        totals = uow.session.execute(select(func.count().label("n"), *sums).where(*where)).one()
-        for name, column in dimensions.items():
-            for value, n in uow.session.execute(select(column, func.count()).where(*where).group_by(column)):
-                counts[name][str(value if value is not None else "unclassified")] = n
-    context = {flag: int(getattr(totals, flag) or 0) if totals else 0 for flag in (*CONTEXT_FLAGS, "child_sexual_abuse")}
+        where.append(t.c.opened_month <= filters["to"])
+    counts: dict[str, dict] = {"by_type": {}, "by_month": {}, "by_age_group": {}}
+    context = dict.fromkeys((*CONTEXT_FLAGS, "child_sexual_abuse"), 0)
+    total = 0
+    sexual = {t_.value for t_ in SEXUAL}
+    for cell in uow.session.execute(select(t).where(*where)):
+        total += cell.n
+        for name, value in (("by_type", cell.incident_type or "unclassified"), ("by_month", cell.opened_month),
+                            ("by_age_group", cell.age_group)):
+            counts[name][value] = counts[name].get(value, 0) + cell.n
+        for flag in filter(None, cell.context_flags.split(",")):
+            context[flag] += cell.n
+        if cell.minor and cell.incident_type in sexual:
+            context["child_sexual_abuse"] += cell.n
     return {
-        "total": _suppress(int(totals.n) if totals else 0),
+        "total": _suppress(total),
         **{name: _suppress_partition(cells) for name, cells in counts.items()},
         "by_context": {key: _suppress(n) for key, n in sorted(context.items())},
         "suppressed_below": SMALL_CELL,
