@@ -17,7 +17,7 @@ import statistics as stats
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -104,17 +104,18 @@ def main() -> int:
         print(f"seeded {ROWS:,} cases, consents and open steps in {time.perf_counter() - started:.1f} s")
 
         sessions = sessionmaker(engine)
-        sweeps = []
-        for n in range(3):
-            with engine.begin() as conn:  # put the same steps back in front of the sweep
-                conn.execute(text("DELETE FROM outbox"))
-                conn.execute(text("UPDATE plan_steps SET alert_stage = 1, next_alert_at = due_at "
-                                  "WHERE due_at <= :now"), {"now": now})
-            start = time.perf_counter()
-            staged = sweep(sessions, AlertPolicy(), now=now, batch=2000)
-            sweeps.append(time.perf_counter() - start)
-        print(f"sweep over {ROWS:,} open steps, {staged:,} alerts due: "
-              f"median {stats.median(sweeps):.3f} s, runs {[round(s, 3) for s in sweeps]} (target < 2 s)")
+        for label, every in (("catch-up", 1), ("regular", 10)):
+            sweeps = []
+            for _ in range(3):
+                with engine.begin() as conn:  # put the same steps back in front of the sweep
+                    conn.execute(text("DELETE FROM outbox"))
+                    conn.execute(text("UPDATE plan_steps SET alert_stage = 1, next_alert_at = due_at "
+                                      "WHERE due_at <= :now AND id % :every = 0"), {"now": now, "every": every})
+                start = time.perf_counter()
+                staged = sweep(sessions, AlertPolicy(), now=now, batch=2000)
+                sweeps.append(time.perf_counter() - start)
+            print(f"{label} sweep over {ROWS:,} open steps, {staged:,} alerts due: median "
+                  f"{stats.median(sweeps):.3f} s, runs {[round(s, 3) for s in sweeps]} (target < 2 s)")
 
         caller = Caller(str(uuid.uuid4()), organization, frozenset({"programme"}))
 
