@@ -110,7 +110,7 @@ def main() -> int:
                 with engine.begin() as conn:  # put the same steps back in front of the sweep
                     conn.execute(text("DELETE FROM outbox"))
                     conn.execute(text("UPDATE plan_steps SET alert_stage = 1, next_alert_at = due_at "
-                                      "WHERE due_at <= :now AND id % :every = 0"), {"now": now, "every": every})
+                                      "WHERE due_at <= :now AND (id / 100) % :every = 0"), {"now": now, "every": every})
                 start = time.perf_counter()
                 staged = sweep(sessions, AlertPolicy(), now=now, batch=2000)
                 sweeps.append(time.perf_counter() - start)

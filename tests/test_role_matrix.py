@@ -19,6 +19,11 @@ ALLOWED = {
     "close": {"case_lead", "president", "supervisor"},
     "statistics": {"president", "supervisor", "programme"},
     "open": {"focal_point", "case_lead", "president"},
+    "assign": {"president"},
+    "exclude": {"president"},
+    "approve_closure": {"supervisor"},
+    "reopen": {"case_lead", "president", "supervisor"},
+    "withdraw_consent": {"case_lead", "president"},
 }
 SEES_CASES = {"focal_point", "case_lead", "president", "supervisor"}
 
@@ -50,7 +55,8 @@ def fresh_case(stack, team):
     return led.json()
 
 
-def attempt(stack, operation, token, case, team):
+def attempt(stack, operation, token, case, team, home):
+    """``team``: the people of the case's organisation; ``home``: the caller's."""
     cid = case["id"]
     version = stack.api("GET", f"/cases/{cid}", team["president"]).json().get("version", 1)
     if operation == "read":
@@ -78,6 +84,25 @@ def attempt(stack, operation, token, case, team):
         return stack.api("GET", "/statistics", token)
     if operation == "open":
         return stack.post_case(token, {"age_group": "unknown"})
+    if operation == "assign":
+        return stack.api("POST", f"/cases/{cid}/case-lead", token,
+                         {"version": version, "case_lead_id": stack.user_id(home["case_lead"])})
+    if operation == "exclude":
+        return stack.api("POST", f"/cases/{cid}/exclusions", token,
+                         {"version": version, "user_id": stack.user_id(home["operator"])})
+    if operation == "approve_closure":
+        return stack.api("POST", f"/cases/{cid}/closure-approval", token)
+    if operation == "reopen":
+        closed = stack.api("POST", f"/cases/{cid}/closure", team["president"],
+                           {"version": version, "reason": "lost_contact"})
+        assert closed.status_code == 200, closed.text
+        return stack.api("POST", f"/cases/{cid}/reopening", token,
+                         {"version": closed.json()["version"], "reason": "new_incident"})
+    if operation == "withdraw_consent":
+        given = stack.api("POST", f"/cases/{cid}/consents", team["president"],
+                          {"purpose": "aggregate_reporting", "given_by": "survivor"})
+        assert given.status_code == 201, given.text
+        return stack.api("POST", f"/cases/{cid}/consents/{given.json()['id']}/withdrawal", token)
     raise AssertionError(operation)
 
 
@@ -93,7 +118,7 @@ def test_role_matrix(world, operation):
         for where in ("own", "other"):
             owner = tokens["CEC"] if where == "own" else tokens["SMP"]
             case = fresh_case(stack, owner)  # a fresh case each time: no attempt sees another's effects
-            status = status_of(attempt(stack, operation, tokens["CEC"][role], case, owner))
+            status = status_of(attempt(stack, operation, tokens["CEC"][role], case, owner, tokens["CEC"]))
             allowed = role in ALLOWED[operation] and (where == "own" or operation in ("statistics", "open"))
             outcomes[(role, where)] = (status, allowed)
 
