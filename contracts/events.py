@@ -83,6 +83,11 @@ class CaseReopenedData(_Data):
     reason = fields.String(required=True)
 
 
+class ProviderRegisteredData(_Data):
+    provider_id = fields.UUID(required=True)
+    kind = fields.String(required=True)
+
+
 @dataclass(frozen=True)
 class EventType:
     name: str
@@ -129,6 +134,14 @@ CATALOGUE: dict[str, EventType] = {
             "step_id": "R1", "due_at": _AT, "responsible": ["case_lead"], "rung": "president"}),
         _event("case_closed", CaseClosedData, {"closed_by": _USER, "reason": "survivor_agreed"}),
         _event("case_reopened", CaseReopenedData, {"reopened_by": _USER, "reason": "new_incident"}),
+        EventType(
+            name="provider_registered", version=1, source="referrals", schema=ProviderRegisteredData,
+            example={
+                "event_id": "3b9e1f7a-6c2d-4e80-b5a1-9d4c7e2f0a65", "type": "provider_registered", "version": 1,
+                "occurred_at": _AT, "organization_id": _ORG, "case_id": None,
+                "data": {"provider_id": "e4b2c9d1-8a3f-4b6e-a1c7-5d9f0e2b3a84", "kind": "cem"},
+            },
+        ),
     )
 }
 

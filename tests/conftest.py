@@ -29,7 +29,7 @@ PG_SERVER = os.environ.get("WARMI_TEST_PG", "postgresql+psycopg2://postgres@127.
 AMQP_SERVER = os.environ.get("WARMI_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
 RABBIT_API = os.environ.get("WARMI_TEST_RABBIT_API", "http://127.0.0.1:15672/api")
 RABBIT_AUTH = ("guest", "guest")
-DATABASE_SERVICES = ("cases", "notifications", "gateway")
+DATABASE_SERVICES = ("cases", "notifications", "referrals", "gateway")
 
 
 _ports_given: set = set()
@@ -218,8 +218,10 @@ class Stack:
             "METRICS_ADDRESS": f"127.0.0.1:{self.metrics_ports[name]}",
             "max_workers": 10,
         }
+        if name in ("cases", "referrals"):
+            config["OUTBOX"] = {"POLL_INTERVAL": 0.2, "MAX_BACKOFF": 0.5}
         if name == "cases":
-            config.update(ENCRYPTION_KEYS=self.key, OUTBOX={"POLL_INTERVAL": 0.2, "MAX_BACKOFF": 0.5})
+            config.update(ENCRYPTION_KEYS=self.key, EVENT_RETRY={"DELAYS": [0.2, 0.3, 0.4]})
         if name == "notifications":
             config.update(
                 SMTP_URL=self.smtp.url,

@@ -33,6 +33,18 @@ def open_case(stack, people, **body):
     return response.json()
 
 
+def known_provider(engines) -> str:
+    """A provider of CEC's directory, once the cases service has heard of it."""
+    from tests.conftest import wait_until
+    from warmi.admin import create_provider
+
+    provider = create_provider(org_code="CEC", name="Posta de salud Ananea", kind="health_post")
+    with engines["cases"].connect() as conn:
+        wait_until(lambda: conn.execute(text("SELECT 1 FROM providers WHERE id = :id"), {"id": provider["id"]}).first(),
+                   message="the provider to reach the cases service")
+    return provider["id"]
+
+
 def current(stack, people, case):
     response = stack.api("GET", f"/cases/{case['id']}", people["president"])
     assert response.status_code == 200, response.text
@@ -182,7 +194,7 @@ def test_withdrawing_referral_consent_cancels_the_referral_steps(team, clean_dat
     version = current(stack, people, case)["version"]
     stack.api("POST", f"/cases/{case['id']}/classification", people["president"],
               {"version": version, "incident_type": "sexual_assault"})
-    provider = str(uuid.uuid4())
+    provider = known_provider(clean_databases)
     given = stack.api("POST", f"/cases/{case['id']}/consents", people["president"], {
         "purpose": "referral", "given_by": "survivor", "provider_id": provider, "data_shared": ["medical"]})
     assert given.status_code == 201, given.text
@@ -315,3 +327,24 @@ def test_statistics_cells_stay_equal_to_a_recount_through_every_kind_of_change(t
         assert snapshot(session) == kept
         session.rollback()
     assert sum(row[-1] for row in kept) == 2
+
+
+def test_a_referral_consent_names_a_provider_of_the_directory(team):
+    from tests.conftest import wait_until
+    from warmi.admin import create_provider
+
+    stack, org, people = team
+    case = open_case(stack, people)
+    url = f"/cases/{case['id']}/consents"
+    body = {"purpose": "referral", "given_by": "survivor", "data_shared": ["medical"]}
+
+    unknown = stack.api("POST", url, people["president"], {**body, "provider_id": str(uuid.uuid4())})
+    provider = create_provider(org_code="CEC", name="Centro Emergencia Mujer Puno", kind="cem")
+
+    assert unknown.status_code == 422 and "provider_id" in unknown.json()["error"]["fields"]
+    listed = stack.api("GET", "/providers", people["president"]).json()["items"]
+    assert [p["id"] for p in listed] == [provider["id"]]
+    given = wait_until(lambda: (r := stack.api("POST", url, people["president"],
+                                               {**body, "provider_id": provider["id"]})).status_code == 201 and r,
+                       message="the provider to reach the cases service")
+    assert given.json()["purpose"] == "referral"

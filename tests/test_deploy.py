@@ -203,7 +203,7 @@ def test_compose_environment_names_what_the_services_read():
         unknown = set(services[name]["environment"]) - readable
         assert not unknown, f"{name} sets variables no service reads: {sorted(unknown)}"
     migrate_env = services["migrate"]["environment"]
-    for db in ("CASES", "NOTIFICATIONS", "GATEWAY"):
+    for db in ("CASES", "NOTIFICATIONS", "REFERRALS", "GATEWAY"):
         url = migrate_env[f"{db}_DATABASE_URL"]
         assert url.startswith("postgresql://") and url.endswith(f"/warmi_{db.lower()}")
         assert services[db.lower()]["environment"][f"{db}_DATABASE_URL"] == url
@@ -224,7 +224,7 @@ def test_postgres_init_creates_one_database_per_service():
     assert "./deploy/postgres/init.sql:/docker-entrypoint-initdb.d/init.sql:ro" in services["postgres"]["volumes"]
     sql = (DEPLOY / "postgres" / "init.sql").read_text()
     created = set(re.findall(r"CREATE DATABASE (\w+);", sql))
-    assert created == {"warmi_cases", "warmi_notifications", "warmi_gateway"}
+    assert created == {"warmi_cases", "warmi_notifications", "warmi_referrals", "warmi_gateway"}
 
 
 def test_no_key_material_in_the_deployment_files():
@@ -463,8 +463,8 @@ def test_kubernetes_secrets_are_referenced_not_defined(resources):
                 assert ref["name"] == "warmi-secrets" and ref["key"] == var["name"]
                 referenced.add(var["name"])
     assert referenced == {
-        "AMQP_URI", "CASES_DATABASE_URL", "NOTIFICATIONS_DATABASE_URL", "GATEWAY_DATABASE_URL",
-        "CASES_ENCRYPTION_KEYS", "SMTP_URL",
+        "AMQP_URI", "CASES_DATABASE_URL", "NOTIFICATIONS_DATABASE_URL", "REFERRALS_DATABASE_URL",
+        "GATEWAY_DATABASE_URL", "CASES_ENCRYPTION_KEYS", "SMTP_URL",
     }
     cases = _pod_spec(_by_kind(resources, "Deployment")["warmi-cases"])["containers"][0]
     assert "CASES_ENCRYPTION_KEYS" in {var["name"] for var in cases["env"]}

@@ -112,3 +112,19 @@ def create_user(*, org_code: str, roles: list[str], name: str, email: str | None
         session.commit()
     return {"id": user_id, "organization_id": organization_id, "roles": sorted(set(roles)), "token": token}
 
+
+
+def create_provider(*, org_code: str, name: str, kind: str) -> dict:
+    """A provider in the referrals service's directory; its registration
+    reaches the cases service as an event."""
+    from contracts.errors import InvalidInput
+    from services.gateway import identity
+    from services.referrals.service_layer import handlers as referrals
+
+    with session_for("gateway") as session:
+        organization_id = identity.organization_by_code(session, org_code)
+    if organization_id is None:
+        raise InvalidInput("unknown organisation", {"org": ["no organisation with this code"]})
+    with session_for("referrals") as session:
+        provider_id = referrals.register_provider(session, organization_id=organization_id, name=name, kind=kind)
+    return {"id": provider_id, "organization_id": organization_id, "kind": kind}

@@ -98,6 +98,19 @@ def cmd_create_user(args) -> int:
     return 0
 
 
+def cmd_create_provider(args) -> int:
+    from contracts.errors import WarmiError
+    from warmi.admin import create_provider, migrate_all
+
+    migrate_all()
+    try:
+        result = create_provider(org_code=args.org, name=args.name, kind=args.kind)
+    except WarmiError as err:
+        return _fail(err)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _key_file() -> Path:
     from servicekit.config import home
 
@@ -258,6 +271,14 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--locale", default="es", choices=["es", "en"])
     u.add_argument("--supervises", default=None, help="codes of the organisations a supervisor supervises")
     u.set_defaults(fn=cmd_create_user)
+
+    pr = sub.add_parser("create-provider", help="a local service provider survivors can be referred to")
+    pr.add_argument("--org", required=True)
+    pr.add_argument("--name", required=True)
+    pr.add_argument("--kind", required=True,
+                    choices=["health_post", "cem", "police", "prosecutor", "legal_aid", "psychosocial", "shelter",
+                             "other"])
+    pr.set_defaults(fn=cmd_create_provider)
 
     a = sub.add_parser("audit", help="the audit trail of case reads and writes")
     a.add_argument("action", choices=["verify"])

@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from marshmallow import ValidationError
 from nameko.extensions import DependencyProvider
 from nameko.rpc import rpc
 
 from contracts import rpc as contract
 from contracts.errors import EXPECTED
+from contracts.events import load_event
 from servicekit.config import home
 from servicekit.database import Database
 from servicekit.outbox import OutboxRelay
+from servicekit.reliable_events import PermanentFailure, reliable_event_handler
 from servicekit.telemetry import CallHeaders, Telemetry, configured_timer
 from services.cases.adapters import orm
 from services.cases.adapters.crypto import KeyRing
@@ -206,6 +209,14 @@ class CasesService:
         staged = sweep(self.db.factory, self.deadlines, headers=self.call_headers)
         if staged:
             log.info("deadline alerts staged", extra={"alerts": staged})
+
+    @reliable_event_handler("referrals", "provider_registered")
+    def handle_provider_registered(self, body: dict) -> None:
+        try:
+            event = load_event(body, "provider_registered")
+        except ValidationError:
+            raise PermanentFailure("malformed provider_registered event") from None
+        handlers.project_provider(self._uow(), event)
 
     @rpc
     def health(self) -> dict:

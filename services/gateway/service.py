@@ -22,6 +22,7 @@ class GatewayService:
     telemetry = Telemetry()
     cases = RpcProxy("cases")
     notifications = RpcProxy("notifications")
+    referrals = RpcProxy("referrals")
 
     def _principal(self, request: Request) -> identity.Principal:
         try:
@@ -170,6 +171,12 @@ class GatewayService:
     @endpoint
     def audit_trail(self, request: Request, case_id: str) -> Response:
         return self._case_command(request, "audit_trail", case_id, body=False)
+
+    @route("GET", "/api/v1/providers")
+    @endpoint
+    def list_providers(self, request: Request) -> Response:
+        principal = self._principal(request)
+        return json_response(200, {"items": call(self.referrals.list_providers, principal.as_caller())})
 
     @route("GET", "/api/v1/statistics")
     @endpoint

@@ -169,3 +169,12 @@ audit_log = Table(
 
 outbox = outbox_table(metadata)
 processed_events = inbox_table(metadata)
+
+# the providers of the referrals service's directory, as its events announce them
+providers = Table(
+    "providers",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("organization_id", String(36), nullable=False, index=True),
+    Column("kind", String(32), nullable=False),
+)

@@ -324,3 +324,22 @@ class SqlOrganizationRepository:
             except IntegrityError:
                 continue  # another opening made the row first; take the UPDATE path
         raise RuntimeError("could not allocate a survivor code")
+
+
+class SqlProviderRepository:
+    """The projection of the referrals service's provider directory."""
+
+    def __init__(self, session: Session):
+        self.session = session
+
+    def known(self, organization_id: str, provider_id: str) -> bool:
+        t = orm.providers
+        return self.session.execute(
+            select(t.c.id).where(t.c.id == provider_id, t.c.organization_id == organization_id)
+        ).first() is not None
+
+    def upsert(self, provider_id: str, organization_id: str, kind: str) -> None:
+        t = orm.providers
+        updated = self.session.execute(update(t).where(t.c.id == provider_id).values(kind=kind))
+        if updated.rowcount == 0:
+            self.session.execute(insert(t).values(id=provider_id, organization_id=organization_id, kind=kind))

@@ -54,6 +54,17 @@ def assign_protocol(uow: UnitOfWork, *, organization_id: str, protocol_id: str, 
     uow.commit()
 
 
+def project_provider(uow: UnitOfWork, event: dict) -> bool:
+    """Keep the provider announced by the referrals service, once per event."""
+    event_id = str(event["event_id"])
+    if uow.handled(event_id, "project_provider"):
+        return False
+    uow.providers.upsert(str(event["data"]["provider_id"]), str(event["organization_id"]), event["data"]["kind"])
+    uow.mark_handled(event_id, "project_provider")
+    uow.commit()
+    return True
+
+
 # -- loading a case for a command --------------------------------------------------
 
 def _load(uow: UnitOfWork, caller: Caller, case_id: str, operation: str, *, step_roles=()) -> model.Case:
@@ -286,12 +297,12 @@ def exclude_user(uow: UnitOfWork, caller: Caller, case_id: str, command: dict) -
     return _finish(uow, case, caller, "exclude", fields, now, version)
 
 
-def record_consent(uow: UnitOfWork, caller: Caller, case_id: str, command: dict, *, known_provider=None,
+def record_consent(uow: UnitOfWork, caller: Caller, case_id: str, command: dict,
                    policy: AlertPolicy = AlertPolicy()) -> consents.Consent:
     now = _now()
     case = _load(uow, caller, case_id, "consent")
     provider = command.get("provider_id")
-    if provider is not None and known_provider is not None and not known_provider(case.organization_id, str(provider)):
+    if provider is not None and not uow.providers.known(case.organization_id, str(provider)):
         raise InvalidInput("unknown provider", {"provider_id": ["not in the organisation's provider directory"]})
     try:
         consent = consents.record(

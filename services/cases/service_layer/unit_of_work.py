@@ -10,10 +10,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from contracts.events import build_event
-from servicekit import outbox
+from servicekit import inbox, outbox
 from services.cases.adapters import orm
 from services.cases.adapters.repository import (
-    SqlCaseRepository, SqlConsentRepository, SqlOrganizationRepository, SqlPlanRepository,
+    SqlCaseRepository, SqlConsentRepository, SqlOrganizationRepository, SqlPlanRepository, SqlProviderRepository,
 )
 from services.cases.domain.audit import GENESIS, AuditEntry, entry_hash
 from services.cases.domain.model import Case
@@ -26,6 +26,7 @@ class UnitOfWork:
         self.plans = SqlPlanRepository(session)
         self.consents = SqlConsentRepository(session)
         self.organizations = SqlOrganizationRepository(session)
+        self.providers = SqlProviderRepository(session)
         self._event_headers = event_headers or {}
 
     @property
@@ -71,6 +72,12 @@ class UnitOfWork:
             )
         )
         self.session.execute(update(heads).where(heads.c.organization_id == organization_id).values(last_hash=digest))
+
+    def handled(self, event_id: str, handler: str) -> bool:
+        return inbox.seen(self.session, orm.processed_events, event_id, handler)
+
+    def mark_handled(self, event_id: str, handler: str) -> None:
+        inbox.record(self.session, orm.processed_events, event_id, handler)
 
     def commit(self) -> None:
         self.session.commit()
