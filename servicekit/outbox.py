@@ -58,16 +58,7 @@ def outbox_table(metadata: MetaData) -> Table:
 
 def stage(session: Session, table: Table, envelope: dict, *, source: str, headers: dict | None = None) -> None:
     """Add ``envelope`` to the outbox inside the caller's transaction."""
-    session.execute(
-        insert(table).values(
-            event_id=envelope["event_id"],
-            exchange=f"{source}.events",
-            routing_key=envelope["type"],
-            body=json.dumps(envelope, separators=(",", ":")),
-            headers=json.dumps(headers or {}),
-            created_at=datetime.now(timezone.utc),
-        )
-    )
+    stage_many(session, table, [envelope], source=source, headers=headers)
 
 
 def stage_many(session: Session, table: Table, envelopes: list[dict], *, source: str, headers: dict | None = None) -> None:

@@ -24,10 +24,16 @@ def test_narrative_and_name_appear_nowhere_outside_the_encrypted_record(stack, c
     assert response.status_code == 201
     case = response.json()
     wait_until(lambda: stack.smtp.messages(), message="the e-mail")
-    shown = stack.get_case(org["president"]["token"], case["id"]).json()
+    president = org["president"]["token"]
+    assert stack.api("POST", f"/cases/{case['id']}/steps/R0/completion", president,
+                     {"note": f"nota {MARKER}"}).status_code == 200
+    assert stack.api("POST", f"/cases/{case['id']}/consents", president,
+                     {"purpose": "case_management", "given_by": "caregiver", "child_assent": True}).status_code == 201
+    shown = stack.get_case(president, case["id"]).json()
 
     # the president is allowed to read the narrative; everything else must not carry it
     assert MARKER in shown["narrative"]
+    assert MARKER in next(s for s in shown["plan"]["steps"] if s["step_id"] == "R0")["note"]
     captured = {"api response to the focal point": response.text, "logs": "\n".join(captured_logs)}
     with Connection(stack.amqp_uri) as conn:
         events = []

@@ -63,3 +63,15 @@ def test_an_idempotency_key_makes_a_retried_request_open_one_case(stack):
     assert first.json()["id"] == again.json()["id"]
     wait_until(lambda: stack.smtp.messages(), message="the e-mail")
     assert len(stack.smtp.messages()) == 1
+
+
+def test_a_case_still_reads_while_the_notifications_service_is_down(stack):
+    stack.start_all()
+    org = stack.organization()
+    case = stack.post_case(org["focal_point"]["token"], {"age_group": "26-40"}).json()
+    stack.stop("notifications")
+
+    shown = stack.get_case(org["president"]["token"], case["id"])
+
+    assert shown.status_code == 200
+    assert shown.json()["notifications"] == {"status": "unknown", "deliveries": []}

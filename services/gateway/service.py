@@ -10,7 +10,7 @@ from werkzeug.wrappers import Request, Response
 from servicekit.database import Database
 from servicekit.telemetry import Telemetry
 from services.gateway import identity
-from services.gateway.api import HttpError, call, endpoint, json_response, read_json, route
+from services.gateway.api import HttpError, RpcUnavailable, call, endpoint, json_response, read_json, route
 
 CASE = "/api/v1/cases/<string:case_id>"
 
@@ -84,7 +84,11 @@ class GatewayService:
         principal = self._principal(request)
         caller = principal.as_caller()
         case = call(self.cases.get_case, caller, case_id)
-        case["notifications"] = call(self.notifications.case_notifications, caller, case["id"])
+        try:
+            case["notifications"] = call(self.notifications.case_notifications, caller, case["id"], timeout=3)
+        except RpcUnavailable:
+            # the case is there; only the delivery state cannot be told right now
+            case["notifications"] = {"status": "unknown", "deliveries": []}
         return json_response(200, case)
 
     @route("PATCH", CASE)
