@@ -76,6 +76,7 @@ def test_a_rape_case_gets_its_medical_referral_within_the_clinical_window(team):
     assert datetime.fromisoformat(r3["due_at"]) == min(opened + timedelta(hours=2), incident + timedelta(hours=72))
     assert r3["urgent"] and r3["status"] == "open"
     assert step(detail, "M1") is None
+    assert [s["step_id"] for s in detail["plan"]["steps"]][:5] == ["R0", "R1", "R2", "R3", "R4"]
 
 
 def test_a_minor_is_flagged_and_gets_the_mandatory_report_step(team):

@@ -23,7 +23,9 @@ STEPS = {"R0": NOW - timedelta(hours=2), "R4": NOW - timedelta(hours=100)}
 EXPECTED_PER_CASE = 6
 
 
-def seed(engine) -> None:
+def seed(engine, now: datetime = NOW) -> None:
+    """CASES open cases, each with the two steps of STEPS, due as seen from ``now``."""
+    shift = now - NOW
     organization = str(uuid.uuid4())
     with engine.begin() as conn:
         conn.execute(insert(orm.organizations).values(id=organization, code="CEC", timezone="America/Lima",
@@ -37,8 +39,8 @@ def seed(engine) -> None:
         ])
         conn.execute(insert(orm.plan_steps), [
             {"case_id": cid, "organization_id": organization, "step_id": step_id, "responsible": "case_lead",
-             "due_at": due, "urgent": True, "status": "open", "alert_stage": 0,
-             "next_alert_at": alert_time(0, due, POLICY)}
+             "due_at": due + shift, "urgent": True, "status": "open", "alert_stage": 0,
+             "next_alert_at": alert_time(0, due + shift, POLICY)}
             for cid in ids for step_id, due in STEPS.items()
         ])
 
@@ -84,3 +86,37 @@ def test_the_sweep_timer_of_the_running_service_sends_due_alerts(stack, clean_da
     event = json.loads(found[0])
     assert event["case_id"] == case["id"] and event["data"]["step_id"] == "R0"
     assert event["data"]["responsible"] == ["focal_point"]
+
+
+def test_two_running_cases_services_sweeping_10000_cases_stage_each_alert_once(stack, clean_databases):
+    """The same, with two real replicas of the service and their timers."""
+    from nameko.containers import ServiceContainer
+
+    from services.cases.service import CasesService
+
+    seed(clean_databases["cases"], now=datetime.now(timezone.utc))  # the replicas sweep as of the real time
+    expected = CASES * EXPECTED_PER_CASE
+    replicas = [
+        ServiceContainer(CasesService, stack.config("cases", DEADLINES={"SWEEP_INTERVAL_SECONDS": 0.05}))
+        for _ in range(2)
+    ]
+    for replica in replicas:
+        replica.start()
+    try:
+        with clean_databases["cases"].connect() as conn:
+            def staged():
+                return conn.execute(text("SELECT count(*) FROM outbox")).scalar()
+
+            wait_until(lambda: staged() >= expected, timeout=120, interval=0.5, message="every alert")
+            eventlet.sleep(1.0)  # a few more sweeps by both replicas: nothing new may appear
+            assert staged() == expected
+            repeats = conn.execute(text(
+                "SELECT count(*) FROM (SELECT body::json->>'case_id' AS c, body::json->'data'->>'step_id' AS s, "
+                "routing_key, body::json->'data'->>'rung' AS r FROM outbox "
+                "GROUP BY 1, 2, 3, 4 HAVING count(*) > 1) AS twice")).scalar()
+            assert repeats == 0
+    finally:
+        pool = eventlet.GreenPool()
+        for replica in replicas:
+            pool.spawn(replica.stop)
+        pool.waitall()

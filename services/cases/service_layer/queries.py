@@ -30,7 +30,8 @@ def case_detail(uow: UnitOfWork, keyring: KeyRing, caller: Caller, case_id: str)
     now = datetime.now(timezone.utc)
     protocol = load_protocol(case.protocol_id, case.protocol_version)
     steps = []
-    for row in uow.plans.steps(case.id):
+    order = {rule.id: n for n, rule in enumerate(protocol.steps)}  # protocol order, not insertion order
+    for row in sorted(uow.plans.steps(case.id), key=lambda r: order.get(r.step_id, len(order))):
         rule = protocol.step(row.step_id)
         steps.append({
             "step_id": row.step_id, "title": rule.title, "responsible": list(row.responsible),
