@@ -8,8 +8,7 @@ from kombu import Connection
 from nameko.events import EventHandler
 
 from servicekit.reliable_events import (
-    ATTEMPT_HEADER, DEAD_SUFFIX, ERROR_HEADER, FAILED_AT_HEADER, ORIGIN_HEADER, PUBLISH_TIMEOUT,
-    ReliableEventHandler,
+    ATTEMPT_HEADER, DEAD_SUFFIX, ERROR_HEADER, FAILED_AT_HEADER, ORIGIN_HEADER, ReliableEventHandler, republish,
 )
 
 
@@ -74,8 +73,7 @@ def replay(amqp_uri: str, handler_queue_names: list[str], message_id: str | None
     the copy. Returns how many were replayed.
     """
     replayed = 0
-    with Connection(amqp_uri, transport_options={"confirm_publish": True}) as conn:
-        producer = conn.Producer()
+    with Connection(amqp_uri) as conn:
         for name in handler_queue_names:
             queue = name + DEAD_SUFFIX
             channel = conn.channel()
@@ -95,18 +93,7 @@ def replay(amqp_uri: str, handler_queue_names: list[str], message_id: str | None
                         and k != "x-death"
                     }
                     origin = (message.headers or {}).get(ORIGIN_HEADER, name)
-                    producer.publish(
-                        message.body,
-                        exchange="",
-                        routing_key=origin,
-                        content_type=message.content_type,
-                        content_encoding=message.content_encoding,
-                        headers=headers,
-                        message_id=message.properties.get("message_id"),
-                        delivery_mode=2,
-                        timeout=PUBLISH_TIMEOUT,
-                        confirm_timeout=PUBLISH_TIMEOUT,
-                    )
+                    republish(amqp_uri, message, origin, headers)  # returns once the broker confirmed it
                     channel.basic_ack(raw.delivery_tag)
                     replayed += 1
             finally:
