@@ -22,7 +22,7 @@ from services.cases.adapters.crypto import KeyRing
 from services.cases.domain.access import Caller
 from services.cases.domain.deadlines import AlertPolicy
 from services.cases.domain.model import Case
-from services.cases.service_layer import handlers, queries
+from services.cases.service_layer import consents, handlers, plans, queries
 from services.cases.service_layer.sweep import sweep
 from services.cases.service_layer.unit_of_work import UnitOfWork
 
@@ -160,25 +160,25 @@ class CasesService:
     @rpc(expected_exceptions=EXPECTED)
     def record_consent(self, caller: dict, case_id: str, payload: dict) -> dict:
         command = contract.load(contract.ConsentSchema(), payload)
-        consent = handlers.record_consent(self._uow(), caller_from(caller), str(case_id), command,
+        consent = consents.record_consent(self._uow(), caller_from(caller), str(case_id), command,
                                           policy=self.deadlines)
         return {"id": consent.id, "purpose": consent.purpose}
 
     @rpc(expected_exceptions=EXPECTED)
     def withdraw_consent(self, caller: dict, case_id: str, consent_id: str) -> dict:
-        consent = handlers.withdraw_consent(self._uow(), caller_from(caller), str(case_id), str(consent_id),
+        consent = consents.withdraw_consent(self._uow(), caller_from(caller), str(case_id), str(consent_id),
                                             self.deadlines)
         return {"id": consent.id, "purpose": consent.purpose, "withdrawn": True}
 
     @rpc(expected_exceptions=EXPECTED)
     def complete_step(self, caller: dict, case_id: str, step_id: str, payload: dict) -> dict:
         command = contract.load(contract.CompleteStepSchema(), payload)
-        return view(handlers.complete_step(self._uow(), self.keys, caller_from(caller), str(case_id), str(step_id),
+        return view(plans.complete_step(self._uow(), self.keys, caller_from(caller), str(case_id), str(step_id),
                                            command, self.deadlines))
 
     @rpc(expected_exceptions=EXPECTED)
     def approve_step(self, caller: dict, case_id: str, step_id: str) -> dict:
-        return view(handlers.approve_step(self._uow(), caller_from(caller), str(case_id), str(step_id)))
+        return view(plans.approve_step(self._uow(), caller_from(caller), str(case_id), str(step_id)))
 
     @rpc(expected_exceptions=EXPECTED)
     def approve_closure(self, caller: dict, case_id: str) -> dict:

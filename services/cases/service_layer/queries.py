@@ -17,7 +17,7 @@ from services.cases.adapters.repository import aware
 from services.cases.domain.access import Caller, statistics_scope
 from services.cases.domain.audit import AuditEntry, verify_chain
 from services.cases.domain.classification import CONTEXT_FLAGS, SEXUAL
-from services.cases.service_layer.handlers import _load
+from services.cases.service_layer.editing import load_case
 from services.cases.service_layer.unit_of_work import UnitOfWork
 
 SMALL_CELL = 5  # counts under this are not shown
@@ -26,7 +26,7 @@ SMALL_CELL = 5  # counts under this are not shown
 def case_detail(uow: UnitOfWork, keyring: KeyRing, caller: Caller, case_id: str) -> dict:
     """The whole case for someone allowed to see it, with the sensitive
     fields decrypted; the read is audited, naming what was shown."""
-    case = _load(uow, caller, case_id, "read")
+    case = load_case(uow, caller, case_id, "read")
     now = datetime.now(timezone.utc)
     protocol = load_protocol(case.protocol_id, case.protocol_version)
     steps = []
@@ -103,7 +103,7 @@ def list_cases(uow: UnitOfWork, caller: Caller, filters: dict) -> tuple[list, in
 
 
 def audit_trail(uow: UnitOfWork, caller: Caller, case_id: str) -> list[dict]:
-    case = _load(uow, caller, case_id, "audit_trail")
+    case = load_case(uow, caller, case_id, "audit_trail")
     t = orm.audit_log
     rows = uow.session.execute(select(t).where(t.c.case_id == case.id).order_by(t.c.id)).all()
     trail = [{"id": r.id, "actor_id": r.actor_id, "action": r.action, "fields": json.loads(r.fields or "[]"),

@@ -1,0 +1,115 @@
+"""The plan of a case: recomputing it from the case's facts, and the work
+on its steps (completion with an encrypted note, approval)."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from contracts.errors import Conflict, Forbidden, InvalidInput, NotFound
+from services.cases.adapters.crypto import KeyRing
+from services.cases.adapters.protocols import load as load_protocol
+from services.cases.domain import consent as consents
+from services.cases.domain import model
+from services.cases.domain.access import Caller, may
+from services.cases.domain.deadlines import AlertPolicy, alert_time, restage
+from services.cases.domain.protocol import CaseFacts, recompute
+from services.cases.domain.status import CaseStatus
+from services.cases.service_layer.editing import load_case, save_edit, utcnow
+from services.cases.service_layer.unit_of_work import UnitOfWork
+
+
+def facts_of(uow: UnitOfWork, case: model.Case, timezone_name: str, *, opened_at: datetime | None = None) -> CaseFacts:
+    steps = uow.plans.steps(case.id)
+    return CaseFacts(
+        opened_at=opened_at or case.opened_at,
+        incident_at=case.incident_at,
+        incident_type=case.incident_type,
+        minor=case.minor,
+        risk=case.risk,
+        timezone=timezone_name,
+        completed={s.step_id: s.completed_at for s in steps if s.status == "done"},
+        withdrawn_consents=consents.withdrawn_purposes(uow.consents.for_case(case.id)),
+    )
+
+
+def replan(uow: UnitOfWork, case: model.Case, policy: AlertPolicy, now: datetime, *, clock_from: datetime | None = None) -> None:
+    """Bring the stored plan in line with the case's facts: new due times for
+    open steps, new steps that now apply, cancellation of those that no longer do."""
+    if case.status is CaseStatus.CLOSED:
+        return
+    organization = uow.organizations.get(case.organization_id)
+    protocol = load_protocol(case.protocol_id, case.protocol_version)
+    facts = facts_of(uow, case, organization.timezone, opened_at=clock_from)
+    stored = {s.step_id: s for s in uow.plans.steps(case.id)}
+    change = recompute(protocol, facts, {k: s.due_at for k, s in stored.items() if s.status == "open"})
+    for planned in change.keep:
+        row = stored.get(planned.step_id)
+        if row is None:
+            uow.plans.add(
+                case_id=case.id, organization_id=case.organization_id, step_id=planned.step_id,
+                responsible=protocol.step(planned.step_id).responsible, due_at=planned.due_at,
+                urgent=planned.urgent, next_alert_at=alert_time(0, planned.due_at, policy),
+            )
+        elif row.status == "cancelled":
+            uow.plans.reopen(row.id, due_at=planned.due_at, urgent=planned.urgent,
+                             next_alert_at=alert_time(0, planned.due_at, policy))
+        elif row.status == "open" and (row.due_at != planned.due_at or row.urgent != planned.urgent):
+            stage, next_at = restage(row.alert_stage, row.due_at, planned.due_at, now, policy)
+            uow.plans.reschedule(row.id, due_at=planned.due_at, urgent=planned.urgent, stage=stage,
+                                 next_alert_at=next_at)
+    for step_id in change.cancel:
+        uow.plans.cancel(stored[step_id].id)
+
+
+def _step_row(uow: UnitOfWork, case: model.Case, step_id: str):
+    row = next((s for s in uow.plans.steps(case.id) if s.step_id == step_id), None)
+    if row is None:
+        raise NotFound("this case's plan has no such step", {"step_id": ["unknown protocol step"]})
+    return row
+
+
+def complete_step(uow: UnitOfWork, keyring: KeyRing, caller: Caller, case_id: str, step_id: str, command: dict,
+                  policy: AlertPolicy = AlertPolicy()) -> model.Case:
+    """Record who did a step, when, and an encrypted note. A step with an
+    approver needs the approval first; a step is done only once."""
+    now = utcnow()
+    case = load_case(uow, caller, case_id, "read")
+    try:
+        rule = load_protocol(case.protocol_id, case.protocol_version).step(step_id)
+    except KeyError:
+        raise NotFound("the protocol has no such step", {"step_id": ["unknown protocol step"]}) from None
+    if not may("complete_step", caller, case, step_roles=rule.responsible):
+        raise Forbidden("this step is not yours to complete")
+    if case.status is CaseStatus.CLOSED:
+        raise Conflict("the case is closed; reopen it first", {"status": ["closed"]})
+    row = _step_row(uow, case, step_id)
+    if row.status != "open":
+        raise Conflict(f"this step is {row.status}, not open", {"step_id": [f"already {row.status}"]})
+    approver = rule.approver or (rule.approver_if_high_risk if case.risk and case.risk.value == "high" else None)
+    if approver and not row.approved_by:
+        raise InvalidInput("this step needs approval first", {"approval": [f"the {approver} approves this step"]})
+    outcome = command.get("outcome") or "done"
+    if outcome not in ("done", "declined"):
+        raise InvalidInput("done or declined", {"outcome": ["done or declined"]})
+    if not uow.plans.complete(row.id, by=caller.user_id, at=now, outcome=outcome,
+                              note_ciphertext=keyring.encrypt(command.get("note")), approved_by=row.approved_by):
+        raise Conflict("this step was completed meanwhile", {"step_id": ["already done"]})
+    version = case.version
+    if not case.start_work(caller.user_id, now):
+        case.touch(now)
+    replan(uow, case, policy, now)
+    case.events.append(("step_completed", {"step_id": step_id, "completed_by": caller.user_id,
+                                           "completed_at": now, "outcome": outcome}))
+    return save_edit(uow, case, caller, "complete_step", ["plan." + step_id], now, version)
+
+
+def approve_step(uow: UnitOfWork, caller: Caller, case_id: str, step_id: str) -> model.Case:
+    now = utcnow()
+    case = load_case(uow, caller, case_id, "approve")
+    row = _step_row(uow, case, step_id)
+    if row.status != "open":
+        raise Conflict(f"this step is {row.status}", {"step_id": [f"already {row.status}"]})
+    uow.plans.approve(row.id, by=caller.user_id)
+    version = case.version
+    case.touch(now)
+    case.events.append(("case_updated", {"changed": ["plan." + step_id + ".approval"]}))
+    return save_edit(uow, case, caller, "approve", ["plan." + step_id], now, version)
