@@ -6,7 +6,6 @@ import time
 from nameko.events import EventHandler
 from nameko.extensions import DependencyProvider
 from nameko.rpc import Rpc
-from nameko.timer import Timer
 from nameko.web.handlers import HttpRequestHandler
 
 from servicekit import logs, metrics
@@ -50,22 +49,3 @@ class CallHeaders(DependencyProvider):
 
     def get_dependency(self, worker_ctx) -> dict:
         return {"nameko.call_id_stack": list(worker_ctx.call_id_stack)}
-
-
-class ConfiguredTimer(Timer):
-    """nameko's ``timer`` whose interval comes from configuration:
-    ``config_key`` names a number of seconds; ``interval`` is the default."""
-
-    def __init__(self, config_key: str, interval: float, **kwargs):
-        self.config_key = config_key
-        super().__init__(interval, **kwargs)
-
-    def setup(self) -> None:
-        value = self.container.config
-        for part in self.config_key.split("."):
-            value = (value or {}).get(part) if isinstance(value, dict) else None
-        if value is not None:
-            self.interval = float(value)
-
-
-configured_timer = ConfiguredTimer.decorator

@@ -16,7 +16,8 @@ from servicekit.config import home
 from servicekit.database import Database
 from servicekit.outbox import OutboxRelay
 from servicekit.reliable_events import PermanentFailure, reliable_event_handler
-from servicekit.telemetry import CallHeaders, Telemetry, configured_timer
+from servicekit.telemetry import CallHeaders, Telemetry
+from servicekit.timers import configured_timer
 from services.cases.adapters import orm
 from services.cases.adapters.crypto import KeyRing
 from services.cases.domain.access import Caller
