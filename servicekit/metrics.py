@@ -51,6 +51,12 @@ OUTBOX_OLDEST_AGE = Gauge(
 )
 OUTBOX_PUBLISHED = Counter("warmi_outbox_published_total", "Outbox rows published and confirmed", ["service"])
 OUTBOX_FAILURES = Counter("warmi_outbox_publish_failures_total", "Relay passes that failed to publish", ["service"])
+STEP_ALERTS = Counter(
+    "warmi_step_alerts_total", "Plan-step alerts staged by the deadline sweep", ["kind"]
+)  # kind: due_soon, overdue, escalated_president, escalated_supervisor; never a step or a case
+STEPS_OVERDUE = Gauge(
+    "warmi_plan_steps_overdue", "Open plan steps past their due time, all organisations together", ["service"]
+)
 NOTIFICATIONS = Counter(
     "warmi_notifications_total", "Notification deliveries by channel and outcome", ["channel", "outcome"]
 )

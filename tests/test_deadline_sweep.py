@@ -81,8 +81,14 @@ def test_the_sweep_timer_of_the_running_service_sends_due_alerts(stack, clean_da
             return conn.execute(text(
                 "SELECT body FROM outbox WHERE routing_key = 'step_due_soon'")).scalars().all()
 
+    from prometheus_client import REGISTRY
+
+    before = REGISTRY.get_sample_value("warmi_step_alerts_total", {"kind": "due_soon"}) or 0
     # R0 is due within one hour of opening: inside the two-hour lead time at once
     found = wait_until(alerts, message="the due-soon alert of R0")
+    wait_until(lambda: (REGISTRY.get_sample_value("warmi_step_alerts_total", {"kind": "due_soon"}) or 0) > before,
+               message="the alert to be counted")
+    assert REGISTRY.get_sample_value("warmi_plan_steps_overdue", {"service": "cases"}) == 0
     event = json.loads(found[0])
     assert event["case_id"] == case["id"] and event["data"]["step_id"] == "R0"
     assert event["data"]["responsible"] == ["focal_point"]

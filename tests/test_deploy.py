@@ -48,6 +48,8 @@ WARMI_METRICS = {
     "warmi_outbox_published_total",
     "warmi_outbox_publish_failures_total",
     "warmi_notifications_total",
+    "warmi_step_alerts_total",
+    "warmi_plan_steps_overdue",
 }
 WARMI_HISTOGRAMS = {
     "warmi_rpc_duration_seconds",

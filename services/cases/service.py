@@ -12,6 +12,7 @@ from nameko.rpc import rpc
 from contracts import rpc as contract
 from contracts.errors import EXPECTED
 from contracts.events import load_event
+from servicekit import metrics
 from servicekit.config import home
 from servicekit.database import Database
 from servicekit.outbox import OutboxRelay
@@ -24,7 +25,7 @@ from services.cases.domain.access import Caller
 from services.cases.domain.deadlines import AlertPolicy
 from services.cases.domain.model import Case
 from services.cases.service_layer import consents, handlers, plans, queries
-from services.cases.service_layer.sweep import sweep
+from services.cases.service_layer.sweep import overdue_steps, sweep
 from services.cases.service_layer.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,12 @@ class CasesService:
 
     @configured_timer("DEADLINES.SWEEP_INTERVAL_SECONDS", 30)
     def sweep_deadlines(self) -> None:
-        staged = sweep(self.db.factory, self.deadlines, headers=self.call_headers)
+        def counted(kinds) -> None:
+            for kind, n in kinds.items():
+                metrics.STEP_ALERTS.labels(kind).inc(n)
+
+        staged = sweep(self.db.factory, self.deadlines, headers=self.call_headers, counted=counted)
+        metrics.STEPS_OVERDUE.labels(self.name).set(overdue_steps(self.db.factory))
         if staged:
             log.info("deadline alerts staged", extra={"alerts": staged})
 

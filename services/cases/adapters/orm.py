@@ -124,6 +124,12 @@ plan_steps = Table(
     Column("next_alert_at", DateTime(timezone=True), nullable=True),
     UniqueConstraint("case_id", "step_id", name="uq_plan_step"),
     Index(
+        "ix_plan_steps_open_due",
+        "due_at",
+        postgresql_where=text("status = 'open'"),
+        sqlite_where=text("status = 'open'"),
+    ),
+    Index(
         "ix_plan_steps_alerts",
         "next_alert_at",
         postgresql_where=text("status = 'open' AND next_alert_at IS NOT NULL"),

@@ -4,9 +4,10 @@ claimed with ``FOR UPDATE SKIP LOCKED`` and their alert stage moves in the
 same transaction as the events it causes."""
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime, timezone
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from contracts.events import build_events
@@ -17,8 +18,9 @@ from services.cases.domain.deadlines import AlertPolicy, alerts_due
 
 
 def sweep(sessions: sessionmaker, policy: AlertPolicy, *, now: datetime | None = None, batch: int = 1000,
-          headers: dict | None = None) -> int:
-    """Send every alert that is due; returns how many alerts were staged."""
+          headers: dict | None = None, counted=lambda kinds: None) -> int:
+    """Send every alert that is due; returns how many alerts were staged.
+    ``counted`` hears, after each committed batch, how many of each kind."""
     now = now or datetime.now(timezone.utc)
     staged = 0
     while True:
@@ -42,6 +44,7 @@ def sweep(sessions: sessionmaker, policy: AlertPolicy, *, now: datetime | None =
                 changes.append({"row_id": row.id, "stage": stage, "next_at": next_at})
             events = [event for kind, items in by_kind.items() for event in build_events(kind, items)]
             outbox.stage_many(session, orm.outbox, events, source="cases", headers=headers)
+            kinds = Counter(_kind(e) for e in events)
             t = orm.plan_steps
             session.execute(
                 update(t).where(t.c.id == bindparam("row_id")).values(
@@ -50,8 +53,24 @@ def sweep(sessions: sessionmaker, policy: AlertPolicy, *, now: datetime | None =
                 changes,
             )
             staged += len(events)
+        counted(kinds)
         if len(rows) < batch:
             return staged
+
+
+def _kind(event: dict) -> str:
+    if event["type"] == "step_escalated":
+        return "escalated_" + event["data"]["rung"]
+    return event["type"].removeprefix("step_")
+
+
+def overdue_steps(sessions: sessionmaker, now: datetime | None = None) -> int:
+    """How many open steps are past their due time (an operator's gauge)."""
+    t = orm.plan_steps
+    with sessions() as session:
+        return session.execute(
+            select(func.count()).select_from(t).where(t.c.status == "open", t.c.due_at < (now or datetime.now(timezone.utc)))
+        ).scalar()
 
 
 def _claim(session: Session, now: datetime, batch: int) -> list:
