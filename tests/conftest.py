@@ -7,6 +7,10 @@ this process (eventlet), e-mail goes to a real SMTP server in a subprocess.
 import eventlet
 
 eventlet.monkey_patch()  # noqa: E402  before anything imports socket or threading
+if __import__("os").environ.get("WARMI_TEST_LISTENER_STACKS"):
+    import eventlet.debug
+
+    eventlet.debug.hub_listener_stacks(True)  # "second simultaneous read" then names where the first one waits
 
 import email
 import logging

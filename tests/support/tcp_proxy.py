@@ -13,6 +13,7 @@ class CuttableProxy:
         self.port = self.listener.getsockname()[1]
         self.open = True
         self._sockets: set = set()
+        self._pipes: set = set()
         self._server = eventlet.spawn(self._serve)
 
     def _serve(self) -> None:
@@ -27,8 +28,10 @@ class CuttableProxy:
                 client.close()
                 continue
             self._sockets.update((client, upstream))
-            eventlet.spawn(self._pipe, client, upstream)
-            eventlet.spawn(self._pipe, upstream, client)
+            for src, dst in ((client, upstream), (upstream, client)):
+                pipe = eventlet.spawn(self._pipe, src, dst)
+                self._pipes.add(pipe)
+                pipe.link(lambda gt: self._pipes.discard(gt))
 
     def _pipe(self, src, dst) -> None:
         try:
@@ -51,6 +54,12 @@ class CuttableProxy:
     def cut(self) -> None:
         """Drop every connection and refuse new ones."""
         self.open = False
+        # end the pipes before closing their sockets: a greenthread left waiting
+        # on a closed socket keeps a hub listener for its file descriptor, and
+        # the next socket to get that number (a database connection, say) fails
+        for pipe in list(self._pipes):
+            pipe.kill()
+        self._pipes.clear()
         for s in list(self._sockets):
             try:
                 s.shutdown(socket.SHUT_RDWR)
