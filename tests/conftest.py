@@ -4,17 +4,22 @@ Every run gets its own PostgreSQL databases and every test its own RabbitMQ
 vhost; both are removed afterwards. Services run as real nameko containers in
 this process (eventlet), e-mail goes to a real SMTP server in a subprocess.
 """
-import eventlet
+import os
+import warnings
 
-eventlet.monkey_patch()  # noqa: E402  before anything imports socket or threading
-if __import__("os").environ.get("WARMI_TEST_LISTENER_STACKS"):
-    import eventlet.debug
+# eventlet announces on import that it is in bugfix mode; nameko 2 runs on it
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 
-    eventlet.debug.hub_listener_stacks(True)  # "second simultaneous read" then names where the first one waits
+import eventlet  # noqa: E402
+import eventlet.debug  # noqa: E402
+
+eventlet.monkey_patch()  # before anything imports socket or threading
+if os.environ.get("WARMI_TEST_LISTENER_STACKS"):
+    # a "second simultaneous read" error then shows where the other reader waits
+    eventlet.debug.hub_listener_stacks(True)
 
 import email
 import logging
-import os
 import socket
 import subprocess
 import sys
