@@ -6,6 +6,7 @@ The engine is a ``SharedExtension`` so that every provider of a container
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 
 from nameko.extensions import DependencyProvider, SharedExtension
 from sqlalchemy import create_engine, event
@@ -16,6 +17,13 @@ from sqlalchemy.pool import QueuePool
 from servicekit.config import database_url
 
 log = logging.getLogger(__name__)
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; Warmi stores UTC, so say so."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
 
 
 def normalize_url(url: str) -> str:

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from servicekit import metrics
-from servicekit.database import SqlEngine, is_postgres
+from servicekit.database import SqlEngine, aware, is_postgres
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +167,7 @@ class Relay:
             ).one()
         age = 0.0
         if oldest is not None:
-            if oldest.tzinfo is None:  # SQLite hands back naive UTC
-                oldest = oldest.replace(tzinfo=timezone.utc)
-            age = max(0.0, (datetime.now(timezone.utc) - oldest).total_seconds())
+            age = max(0.0, (datetime.now(timezone.utc) - aware(oldest)).total_seconds())
         return count, age
 
 

@@ -9,6 +9,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from servicekit.database import aware
 from services.cases.adapters import cells, orm
 from services.cases.domain.classification import IncidentType
 from services.cases.domain.consent import Consent
@@ -16,11 +17,6 @@ from services.cases.domain.model import Case, Organization, StaleCase
 from services.cases.domain.protocol import Risk
 from services.cases.domain.status import CaseStatus
 
-
-def aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:  # SQLite drops the offset; we store UTC
-        return value.replace(tzinfo=timezone.utc)
-    return value
 
 
 _CASE_COLUMNS = (

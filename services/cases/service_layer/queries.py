@@ -13,7 +13,7 @@ from contracts.errors import Forbidden
 from services.cases.adapters import orm
 from services.cases.adapters.crypto import KeyRing
 from services.cases.adapters.protocols import load as load_protocol
-from services.cases.adapters.repository import aware
+from servicekit.database import aware
 from services.cases.domain.access import Caller, statistics_scope
 from services.cases.domain.audit import AuditEntry, verify_chain
 from services.cases.domain.classification import CONTEXT_FLAGS, SEXUAL

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from contracts.events import build_events
 from servicekit import outbox
 from services.cases.adapters import orm
-from services.cases.adapters.repository import aware
+from servicekit.database import aware
 from services.cases.domain.deadlines import AlertPolicy, alerts_due
 
 

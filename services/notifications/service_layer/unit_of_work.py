@@ -1,23 +1,19 @@
 """Recipients, deliveries and the inbox of the notifications service."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from servicekit import inbox
+from servicekit.database import aware
 from services.notifications.adapters import orm
 from services.notifications.domain.model import DeliveryStatus, Recipient
 
 CLAIM_SECONDS = 60
 
-
-def _aware(value):
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
 
 
 class UnitOfWork:
@@ -133,7 +129,7 @@ class UnitOfWork:
     def deliveries_for_case(self, case_id: str) -> list:
         t = orm.deliveries
         rows = self.session.execute(select(t).where(t.c.case_id == case_id).order_by(t.c.id)).all()
-        return [dict(r._mapping, sent_at=_aware(r.sent_at)) for r in rows]
+        return [dict(r._mapping, sent_at=aware(r.sent_at)) for r in rows]
 
     def commit(self) -> None:
         self.session.commit()
