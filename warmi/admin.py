@@ -28,6 +28,18 @@ def session_for(service: str):
         engine.dispose()
 
 
+def organization_id_of(code: str) -> str:
+    """The id of the organisation with this code, as the gateway knows it."""
+    from contracts.errors import InvalidInput
+    from services.gateway import identity
+
+    with session_for("gateway") as session:
+        organization_id = identity.organization_by_code(session, code)
+    if organization_id is None:
+        raise InvalidInput("unknown organisation", {"org": [f"no organisation with code {code}"]})
+    return organization_id
+
+
 def create_organization(
     *, code: str, name: str, timezone_name: str, locale: str,
     president_name: str, president_email: str, focal_point_name: str,
@@ -117,14 +129,9 @@ def create_user(*, org_code: str, roles: list[str], name: str, email: str | None
 def create_provider(*, org_code: str, name: str, kind: str) -> dict:
     """A provider in the referrals service's directory; its registration
     reaches the cases service as an event."""
-    from contracts.errors import InvalidInput
-    from services.gateway import identity
     from services.referrals.service_layer import handlers as referrals
 
-    with session_for("gateway") as session:
-        organization_id = identity.organization_by_code(session, org_code)
-    if organization_id is None:
-        raise InvalidInput("unknown organisation", {"org": ["no organisation with this code"]})
+    organization_id = organization_id_of(org_code)
     with session_for("referrals") as session:
         provider_id = referrals.register_provider(session, organization_id=organization_id, name=name, kind=kind)
     return {"id": provider_id, "organization_id": organization_id, "kind": kind}

@@ -180,17 +180,17 @@ def cmd_audit(args) -> int:
 
 
 def cmd_statistics(args) -> int:
+    from contracts.errors import WarmiError
     from services.cases.domain.access import Caller
     from services.cases.service_layer import queries
     from services.cases.service_layer.unit_of_work import UnitOfWork
-    from services.gateway import identity
-    from warmi.admin import session_for
+    from warmi.admin import migrate_all, organization_id_of, session_for
 
-    with session_for("gateway") as session:
-        organization_id = identity.organization_by_code(session, args.org)
-    if organization_id is None:
-        print(f"no organisation with code {args.org}", file=sys.stderr)
-        return 2
+    migrate_all()
+    try:
+        organization_id = organization_id_of(args.org)
+    except WarmiError as err:
+        return _fail(err)
     caller = Caller("00000000-0000-0000-0000-000000000000", organization_id, frozenset({"programme"}))
     with session_for("cases") as session:
         if args.recount:
@@ -207,15 +207,11 @@ def cmd_assign_protocol(args) -> int:
     from contracts.errors import WarmiError
     from services.cases.service_layer import handlers
     from services.cases.service_layer.unit_of_work import UnitOfWork
-    from services.gateway import identity
-    from warmi.admin import session_for
+    from warmi.admin import migrate_all, organization_id_of, session_for
 
-    with session_for("gateway") as session:
-        organization_id = identity.organization_by_code(session, args.org)
-    if organization_id is None:
-        print(f"no organisation with code {args.org}", file=sys.stderr)
-        return 2
+    migrate_all()
     try:
+        organization_id = organization_id_of(args.org)
         with session_for("cases") as session:
             handlers.assign_protocol(UnitOfWork(session), organization_id=organization_id,
                                      protocol_id=args.protocol, version=args.version)
