@@ -128,6 +128,8 @@ def table_counts(engine) -> dict:
 
 # -- broker --------------------------------------------------------------------
 
+from tests.support.rabbit_node import rabbit_node  # noqa: E402,F401  (a private node for fault tests)
+
 _vhosts = iter(range(1, 100000))
 
 
