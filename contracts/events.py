@@ -95,6 +95,16 @@ class EventType:
     source: str
     schema: type[Schema]
     example: dict
+    # "<service>.<handler method>" of every consumer. Each one's queue is
+    # declared before anything is published, so an event waits for a consumer
+    # that has never run; a consumer whose handler is still to be written
+    # (notification rules, referrals) finds every event since its queue began.
+    consumers: tuple[str, ...] = ()
+
+
+# Unless said otherwise, the notifications service consumes an event of a case:
+# it tells people about the case's life and its plan.
+_NOTIFY = "notifications.handle_{}"
 
 
 _ORG = "0c9a3c1e-5f0b-4f7e-8d3a-6b2e1f4c9d70"
@@ -103,9 +113,10 @@ _USER = "a3f9e2c1-7b4d-4c8e-9f1a-2d6b5e0c8f47"
 _AT = "2026-11-20T14:05:00+00:00"
 
 
-def _event(name: str, schema: type[Schema], data: dict) -> EventType:
+def _event(name: str, schema: type[Schema], data: dict, consumers: tuple[str, ...] | None = None) -> EventType:
     return EventType(
         name=name, version=1, source="cases", schema=schema,
+        consumers=(_NOTIFY.format(name),) if consumers is None else consumers,
         example={
             "event_id": "7f2b6a9e-3c1d-4a57-9b8e-2d4f6a1c0e93", "type": name, "version": 1,
             "occurred_at": _AT, "organization_id": _ORG, "case_id": _CASE, "data": data,
@@ -122,20 +133,23 @@ CATALOGUE: dict[str, EventType] = {
         _event("risk_changed", RiskChangedData, {"risk_level": "high", "changed_by": _USER}),
         _event("consent_recorded", ConsentRecordedData, {
             "consent_id": "d1c8e0a4-2b7f-4e5a-9c3d-6f1b2a8e7c90", "purpose": "referral",
-            "provider_id": "e4b2c9d1-8a3f-4b6e-a1c7-5d9f0e2b3a84", "recorded_by": _USER}),
+            "provider_id": "e4b2c9d1-8a3f-4b6e-a1c7-5d9f0e2b3a84", "recorded_by": _USER},
+            ("referrals.handle_consent_recorded",)),
         _event("consent_withdrawn", ConsentWithdrawnData, {
             "consent_id": "d1c8e0a4-2b7f-4e5a-9c3d-6f1b2a8e7c90", "purpose": "referral", "withdrawn_by": _USER,
-            "cancelled_steps": ["R3", "R6"]}),
+            "cancelled_steps": ["R3", "R6"]}, ("referrals.handle_consent_withdrawn",)),
         _event("step_completed", StepCompletedData, {
             "step_id": "R0", "completed_by": _USER, "completed_at": _AT, "outcome": "done"}),
         _event("step_due_soon", StepAlertData, {"step_id": "R1", "due_at": _AT, "responsible": ["case_lead"]}),
         _event("step_overdue", StepAlertData, {"step_id": "R1", "due_at": _AT, "responsible": ["case_lead"]}),
         _event("step_escalated", StepEscalatedData, {
             "step_id": "R1", "due_at": _AT, "responsible": ["case_lead"], "rung": "president"}),
-        _event("case_closed", CaseClosedData, {"closed_by": _USER, "reason": "survivor_agreed"}),
+        _event("case_closed", CaseClosedData, {"closed_by": _USER, "reason": "survivor_agreed"},
+               (_NOTIFY.format("case_closed"), "referrals.handle_case_closed")),
         _event("case_reopened", CaseReopenedData, {"reopened_by": _USER, "reason": "new_incident"}),
         EventType(
             name="provider_registered", version=1, source="referrals", schema=ProviderRegisteredData,
+            consumers=("cases.handle_provider_registered",),
             example={
                 "event_id": "3b9e1f7a-6c2d-4e80-b5a1-9d4c7e2f0a65", "type": "provider_registered", "version": 1,
                 "occurred_at": _AT, "organization_id": _ORG, "case_id": None,
@@ -222,7 +236,10 @@ def load_event(body: dict, expected_type: str) -> dict[str, Any]:
     event_type = CATALOGUE[expected_type]
     if envelope["version"] != event_type.version:
         raise ValidationError({"version": [f"unsupported version {envelope['version']}"]})
-    envelope["data"] = _schema(expected_type).load(envelope["data"])
+    try:
+        envelope["data"] = _schema(expected_type).load(envelope["data"])
+    except ValidationError as err:
+        raise ValidationError({"data": err.messages}) from None
     return envelope
 
 

@@ -6,7 +6,6 @@ The engine is a ``SharedExtension`` so that every provider of a container
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
 
 from nameko.extensions import DependencyProvider, SharedExtension
 from sqlalchemy import create_engine, event
@@ -17,13 +16,6 @@ from sqlalchemy.pool import QueuePool
 from servicekit.config import database_url
 
 log = logging.getLogger(__name__)
-
-
-def aware(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; Warmi stores UTC, so say so."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
 
 
 def normalize_url(url: str) -> str:
@@ -93,9 +85,12 @@ class SqlEngine(SharedExtension):
 class Database(DependencyProvider):
     """Injects a session factory bound to the service's engine.
 
-    Each worker gets its own ``WorkerSession``: the session is opened on first
-    use, committed when the worker succeeds, rolled back when it fails, and
-    closed in any case.
+    Each worker gets its own ``WorkerSession``, opened on first use. The
+    service layer commits its own units of work; this provider never commits
+    behind its back. nameko replies to an RPC or acks an event *before* the
+    providers hear the worker's result, so a commit here would make work
+    durable only after it was acknowledged. Whatever a worker leaves
+    uncommitted is rolled back when it ends.
     """
 
     engine = SqlEngine()
@@ -103,22 +98,10 @@ class Database(DependencyProvider):
     def get_dependency(self, worker_ctx) -> "WorkerSession":
         return WorkerSession(self.engine.sessions)
 
-    def worker_result(self, worker_ctx, result=None, exc_info=None) -> None:
-        session = self._session(worker_ctx)
-        if session is None:
-            return
-        if exc_info is None:
-            session.commit()
-        else:
-            session.rollback()
-
     def worker_teardown(self, worker_ctx) -> None:
-        session = self._session(worker_ctx)
+        session = worker_ctx.service.__dict__.get(self.attr_name)
         if session is not None:
-            session.close()
-
-    def _session(self, worker_ctx) -> "WorkerSession | None":
-        return worker_ctx.service.__dict__.get(self.attr_name)
+            session.close()  # rolls back anything left
 
 
 class WorkerSession:

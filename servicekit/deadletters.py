@@ -1,4 +1,6 @@
-"""List and replay the messages that exhausted their retries."""
+"""List and replay what no consumer could take: the dead letters of every
+consumer of the catalogue (tried and failed, or impossible to handle), and
+the events that no queue was bound to take (``unrouted``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,55 +10,75 @@ from kombu import Connection
 from nameko.events import EventHandler
 
 from servicekit.reliable_events import (
-    ATTEMPT_HEADER, DEAD_SUFFIX, ERROR_HEADER, FAILED_AT_HEADER, ORIGIN_HEADER, ReliableEventHandler, republish,
+    ATTEMPT_HEADER, ERROR_HEADER, FAILED_AT_HEADER, ORIGIN_HEADER, REASON_HEADER, ReliableEventHandler, republish,
 )
+from servicekit.topology import DEAD_SUFFIX, UNROUTED_QUEUE, consumer_queues, event_exchange, handler_queue_name
+
+WARMI_HEADERS = (ATTEMPT_HEADER, ORIGIN_HEADER, ERROR_HEADER, REASON_HEADER, FAILED_AT_HEADER, "x-death")
 
 
 @dataclass
 class DeadLetter:
     queue: str
     message_id: str | None
-    origin: str
+    origin: str  # the handler's queue, or "<exchange> <routing key>" for an unrouted event
     attempts: int
     error: str
+    reason: str
     failed_at: str
 
 
 def handler_queues(service_cls) -> list[str]:
-    """Queue names of the reliable event handlers of a nameko service class."""
+    """Queue names of the event consumers of a nameko service class."""
     names = []
     for attr in dir(service_cls):
         method = getattr(service_cls, attr)
         for entrypoint in getattr(method, "nameko_entrypoints", ()):
             if isinstance(entrypoint, ReliableEventHandler) and isinstance(entrypoint, EventHandler):
-                names.append(
-                    f"evt-{entrypoint.source_service}-{entrypoint.event_type}--{service_cls.name}.{attr}"
-                )
+                names.append(handler_queue_name(entrypoint.source_service, entrypoint.event_type,
+                                                f"{service_cls.name}.{attr}"))
     return sorted(names)
+
+
+def catalogue_queues() -> list[str]:
+    """Every consumer queue the catalogue names."""
+    return sorted(q.name for q in consumer_queues())
+
+
+def _sources(handler_queue_names: list[str] | None) -> list[str]:
+    """The queues to read: each handler's dead-letter queue, and ``unrouted``
+    when every consumer is asked for."""
+    if handler_queue_names is None:
+        return [name + DEAD_SUFFIX for name in catalogue_queues()] + [UNROUTED_QUEUE]
+    return [name + DEAD_SUFFIX for name in handler_queue_names]
 
 
 def _dead_letter(queue: str, message) -> DeadLetter:
     headers = message.headers or {}
+    if queue == UNROUTED_QUEUE:
+        info = message.raw.delivery_info
+        return DeadLetter(queue=queue, message_id=message.properties.get("message_id"),
+                          origin=f"{info.get('exchange')} {info.get('routing_key')}", attempts=0,
+                          error="", reason="unrouted: no queue bound", failed_at="")
     return DeadLetter(
         queue=queue,
         message_id=message.properties.get("message_id"),
         origin=headers.get(ORIGIN_HEADER, queue[: -len(DEAD_SUFFIX)]),
         attempts=int(headers.get(ATTEMPT_HEADER, 0)),
         error=str(headers.get(ERROR_HEADER, "")),
+        reason=str(headers.get(REASON_HEADER, "")),
         failed_at=str(headers.get(FAILED_AT_HEADER, "")),
     )
 
 
-def list_dead_letters(amqp_uri: str, handler_queue_names: list[str]) -> list[DeadLetter]:
+def list_dead_letters(amqp_uri: str, handler_queue_names: list[str] | None = None) -> list[DeadLetter]:
     """Read every dead letter without removing it (nothing is acked)."""
     found = []
     with Connection(amqp_uri) as conn:
-        for name in handler_queue_names:
-            queue = name + DEAD_SUFFIX
+        for queue in _sources(handler_queue_names):
             channel = conn.channel()
             try:
-                count = _depth(channel, queue)
-                for _ in range(count):
+                for _ in range(_depth(channel, queue)):
                     message = channel.basic_get(queue, no_ack=False)
                     if message is None:
                         break
@@ -66,34 +88,34 @@ def list_dead_letters(amqp_uri: str, handler_queue_names: list[str]) -> list[Dea
     return found
 
 
-def replay(amqp_uri: str, handler_queue_names: list[str], message_id: str | None = None) -> int:
-    """Send dead letters back to their handler's queue for a fresh set of tries.
+def replay(amqp_uri: str, handler_queue_names: list[str] | None = None, message_id: str | None = None) -> int:
+    """Send dead letters back for a fresh set of tries: a handler's to its
+    queue, an unrouted event to its exchange (where a binding may now take
+    it, or the alternate exchange keeps it again).
 
-    Each is acked from the dead-letter queue only after the broker confirmed
-    the copy. Returns how many were replayed.
+    Each is acked from where it waited only after the broker confirmed the
+    copy. Returns how many were replayed.
     """
     replayed = 0
     with Connection(amqp_uri) as conn:
-        for name in handler_queue_names:
-            queue = name + DEAD_SUFFIX
+        for queue in _sources(handler_queue_names):
             channel = conn.channel()
             try:
-                count = _depth(channel, queue)
-                for _ in range(count):
+                for _ in range(_depth(channel, queue)):
                     raw = channel.basic_get(queue, no_ack=False)
                     if raw is None:
                         break
                     message = _KombuLike(raw)
                     if message_id and message.properties.get("message_id") != message_id:
                         continue  # left unacked: returns to the queue when the channel closes
-                    headers = {
-                        k: v
-                        for k, v in (message.headers or {}).items()
-                        if k not in (ATTEMPT_HEADER, ORIGIN_HEADER, ERROR_HEADER, FAILED_AT_HEADER)
-                        and k != "x-death"
-                    }
-                    origin = (message.headers or {}).get(ORIGIN_HEADER, name)
-                    republish(amqp_uri, message, origin, headers)  # returns once the broker confirmed it
+                    headers = {k: v for k, v in (message.headers or {}).items() if k not in WARMI_HEADERS}
+                    if queue == UNROUTED_QUEUE:
+                        source = raw.delivery_info["exchange"].removesuffix(".events")
+                        republish(amqp_uri, message, raw.delivery_info["routing_key"], headers,
+                                  exchange=event_exchange(source))
+                    else:
+                        origin = (message.headers or {}).get(ORIGIN_HEADER, queue[: -len(DEAD_SUFFIX)])
+                        republish(amqp_uri, message, origin, headers)  # returns once the broker confirmed it
                     channel.basic_ack(raw.delivery_tag)
                     replayed += 1
             finally:
@@ -102,8 +124,7 @@ def replay(amqp_uri: str, handler_queue_names: list[str], message_id: str | None
 
 
 def _depth(channel, queue: str) -> int:
-    """Messages waiting in ``queue``; 0 if it was never declared (its handler
-    has not run yet, so nothing can have been dead-lettered)."""
+    """Messages waiting in ``queue``; 0 if it was never declared."""
     try:
         _, count, _ = channel.queue_declare(queue, passive=True)
     except NotFound:

@@ -42,6 +42,14 @@ EVENT_RETRIES = Counter(
 EVENT_DEAD_LETTERED = Counter(
     "warmi_event_dead_lettered_total", "Event deliveries moved to a dead-letter queue", ["service", "event_type"]
 )
+EVENT_REJECTED = Counter(
+    "warmi_event_rejected_total",
+    "Event messages dead-lettered at once because no retry could handle them",
+    ["service", "event_type", "reason"],
+)  # reason: undecodable (not JSON), invalid (fails the catalogue's envelope or schema)
+UNROUTED = Gauge(
+    "warmi_events_unrouted_messages", "Events that no queue was bound to take, waiting in the unrouted queue", ["service"]
+)
 EVENT_DUPLICATES = Counter(
     "warmi_event_duplicates_total", "Event deliveries skipped as already handled", ["service", "event_type"]
 )

@@ -2,11 +2,22 @@
 
 A state change and the events it causes are written in one transaction: the
 event goes into this service's ``outbox`` table. The relay, running inside the
-service process, publishes pending rows to RabbitMQ with publisher confirms
-and marks them sent. Rows are claimed with ``FOR UPDATE SKIP LOCKED`` on
-PostgreSQL, so any number of replicas can relay at once without publishing a
-row twice; a row published but not yet marked (a crash in between) is
-published again, and consumers drop the repeat by its ``event_id``.
+service process, publishes pending rows to RabbitMQ in three steps, and never
+holds a database transaction while it talks to the broker:
+
+1. **claim** a batch in a short transaction of its own: the rows get this
+   pass's token and a lease (``claimed_until``); a row under another relay's
+   live lease is skipped (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, one
+   atomic UPDATE on SQLite), so any number of replicas relay side by side;
+2. **publish** them in order, each with publisher confirms and ``mandatory``,
+   outside any transaction;
+3. **mark** the confirmed ones published in a transaction of their own, and
+   release the rest, so a publish that fails on the third row leaves the two
+   before it marked, and the rest are tried again on the next pass.
+
+A relay that dies between publishing and marking leaves its rows to be
+claimed again once their lease ends: that row is published again, and
+consumers drop the repeat by its ``event_id``.
 """
 from __future__ import annotations
 
@@ -14,25 +25,34 @@ import json
 import logging
 import threading
 import time
-from datetime import datetime, timezone
+import uuid
+from datetime import datetime, timedelta, timezone
 
-from kombu import Connection, Exchange, Producer
+from kombu import Connection, Producer
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.extensions import DependencyProvider
 from sqlalchemy import (
-    Column, DateTime, Index, Integer, MetaData, String, Table, Text, func, insert, select, text, update,
+    Column, Index, Integer, MetaData, String, Table, Text, func, insert, select, text, update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from servicekit import metrics
-from servicekit.database import SqlEngine, aware, is_postgres
+from servicekit.database import SqlEngine, is_postgres
+from servicekit.topology import UNROUTED_QUEUE, declare, event_exchange
+from servicekit.types import UtcDateTime
 
 log = logging.getLogger(__name__)
 
 # A publish that takes longer than this is treated as failed: the row stays
 # pending and the relay reconnects, instead of holding its transaction open.
 PUBLISH_TIMEOUT = 5.0
+# A claimed batch not marked within this time (its relay died) is claimed again.
+CLAIM_LEASE = timedelta(seconds=60)
+
+
+class Unroutable(Exception):
+    """The broker returned a message: not even the alternate exchange took it."""
 
 
 def outbox_table(metadata: MetaData) -> Table:
@@ -45,8 +65,10 @@ def outbox_table(metadata: MetaData) -> Table:
         Column("routing_key", String(100), nullable=False),
         Column("body", Text, nullable=False),
         Column("headers", Text, nullable=False, default="{}"),
-        Column("created_at", DateTime(timezone=True), nullable=False),
-        Column("published_at", DateTime(timezone=True), nullable=True),
+        Column("created_at", UtcDateTime(), nullable=False),
+        Column("published_at", UtcDateTime(), nullable=True),
+        Column("claim", String(36), nullable=True),
+        Column("claimed_until", UtcDateTime(), nullable=True),
         Index(
             "ix_outbox_pending",
             "id",
@@ -80,7 +102,7 @@ def stage_many(session: Session, table: Table, envelopes: list[dict], *, source:
 
 
 class Relay:
-    """Publishes pending outbox rows; one ``relay_once`` is one transaction."""
+    """Publishes pending outbox rows: claim, publish, mark (see above)."""
 
     def __init__(self, engine: Engine, table: Table, amqp_uri: str, service: str, batch_size: int = 200):
         self.engine = engine
@@ -90,7 +112,7 @@ class Relay:
         self.batch_size = batch_size
         self._connection: Connection | None = None
         self._producer: Producer | None = None
-        self._declared: set[str] = set()
+        self._returned: set[str] = set()
 
     def _ensure_producer(self) -> Producer:
         if self._producer is None:
@@ -98,10 +120,15 @@ class Relay:
                 self.amqp_uri, transport_options={"confirm_publish": True}, connect_timeout=PUBLISH_TIMEOUT
             )
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=PUBLISH_TIMEOUT)
+            # every (re)connection: a broker that restarted without its
+            # definitions gets every consumer queue back before a publish
+            declare(conn)
             self._connection = conn
-            self._producer = Producer(conn.channel())
-            self._declared.clear()
+            self._producer = Producer(conn.channel(), on_return=self._on_return)
         return self._producer
+
+    def _on_return(self, exception, exchange, routing_key, message) -> None:
+        self._returned.add(message.properties.get("message_id"))
 
     def close(self) -> None:
         if self._connection is not None:
@@ -114,49 +141,85 @@ class Relay:
 
     def relay_once(self) -> int:
         """Publish up to one batch; returns how many rows were published."""
-        t = self.table
-        query = select(t.c.id, t.c.event_id, t.c.exchange, t.c.routing_key, t.c.body, t.c.headers).where(
-            t.c.published_at.is_(None)
-        ).order_by(t.c.id).limit(self.batch_size)
-        if is_postgres(self.engine):
-            query = query.with_for_update(skip_locked=True)
-        with Session(self.engine) as session, session.begin():
-            rows = session.execute(query).all()
-            if not rows:
-                return 0
+        rows = self._claim()
+        if not rows:
+            return 0
+        published: list[int] = []
+        try:
             producer = self._ensure_producer()
-            published = []
-            try:
-                for row in rows:
-                    self._publish(producer, row)
-                    published.append(row.id)
-            finally:
-                # whatever the broker confirmed is marked, even if a later row failed
-                if published:
-                    session.execute(
-                        update(t).where(t.c.id.in_(published)).values(published_at=datetime.now(timezone.utc))
-                    )
-                    metrics.OUTBOX_PUBLISHED.labels(self.service).inc(len(published))
-            return len(published)
+            for row in rows:
+                self._publish(producer, row)
+                published.append(row.id)
+        finally:
+            # whatever the broker confirmed is marked, even if a later row failed
+            self._finish(published, [row.id for row in rows[len(published):]])
+        return len(published)
+
+    def _claim(self) -> list:
+        t = self.table
+        now = datetime.now(timezone.utc)
+        token = str(uuid.uuid4())
+        claimable = (t.c.published_at.is_(None)) & (t.c.claimed_until.is_(None) | (t.c.claimed_until < now))
+        ids = select(t.c.id).where(claimable).order_by(t.c.id).limit(self.batch_size)
+        if is_postgres(self.engine):
+            ids = ids.with_for_update(skip_locked=True)
+        with Session(self.engine) as session, session.begin():
+            # the outer condition is checked again as each row is written, so
+            # of two relays racing for a row only one takes it
+            session.execute(
+                update(t).where(t.c.id.in_(ids.scalar_subquery()), claimable)
+                .values(claim=token, claimed_until=now + CLAIM_LEASE)
+            )
+            return session.execute(
+                select(t.c.id, t.c.event_id, t.c.exchange, t.c.routing_key, t.c.body, t.c.headers)
+                .where(t.c.claim == token).order_by(t.c.id)
+            ).all()
+
+    def _finish(self, published: list[int], unpublished: list[int]) -> None:
+        t = self.table
+        with Session(self.engine) as session, session.begin():
+            if published:
+                session.execute(
+                    update(t).where(t.c.id.in_(published))
+                    .values(published_at=datetime.now(timezone.utc), claim=None, claimed_until=None)
+                )
+            if unpublished:
+                session.execute(update(t).where(t.c.id.in_(unpublished)).values(claim=None, claimed_until=None))
+        if published:
+            metrics.OUTBOX_PUBLISHED.labels(self.service).inc(len(published))
 
     def _publish(self, producer: Producer, row) -> None:
-        exchange = Exchange(row.exchange, type="topic", durable=True)
-        if row.exchange not in self._declared:
-            exchange.declare(channel=producer.channel)
-            self._declared.add(row.exchange)
         producer.publish(
             row.body.encode(),
-            exchange=exchange,
+            exchange=event_exchange(row.exchange.removesuffix(".events")),
             routing_key=row.routing_key,
             content_type="application/json",
             content_encoding="utf-8",
             headers=json.loads(row.headers or "{}"),
             message_id=row.event_id,
             delivery_mode=2,
+            mandatory=True,
+            declare=[],
             retry=False,
             timeout=PUBLISH_TIMEOUT,
             confirm_timeout=PUBLISH_TIMEOUT,
         )
+        if row.event_id in self._returned:
+            # the return arrives before the confirm: the row stays pending
+            self._returned.discard(row.event_id)
+            self.close()  # the next pass declares the topology again
+            raise Unroutable(row.routing_key)
+
+    def unrouted(self) -> int | None:
+        """Messages waiting in the ``unrouted`` queue, if connected."""
+        if self._connection is None:
+            return None
+        channel = self._connection.channel()
+        try:
+            _, count, _ = channel.queue_declare(UNROUTED_QUEUE, passive=True)
+            return count
+        finally:
+            channel.close()
 
     def measure(self) -> tuple[int, float]:
         """Pending rows and the age in seconds of the oldest one."""
@@ -167,7 +230,7 @@ class Relay:
             ).one()
         age = 0.0
         if oldest is not None:
-            age = max(0.0, (datetime.now(timezone.utc) - aware(oldest)).total_seconds())
+            age = max(0.0, (datetime.now(timezone.utc) - oldest).total_seconds())
         return count, age
 
 
@@ -242,10 +305,13 @@ class OutboxRelay(DependencyProvider):
             self._wake.clear()
 
     def _measure(self) -> None:
+        service = self.container.service_name
         try:
             count, age = self.relay.measure()
+            metrics.OUTBOX_PENDING.labels(service).set(count)
+            metrics.OUTBOX_OLDEST_AGE.labels(service).set(age)
+            unrouted = self.relay.unrouted()
         except Exception:
             return
-        service = self.container.service_name
-        metrics.OUTBOX_PENDING.labels(service).set(count)
-        metrics.OUTBOX_OLDEST_AGE.labels(service).set(age)
+        if unrouted is not None:
+            metrics.UNROUTED.labels(service).set(unrouted)

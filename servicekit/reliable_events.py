@@ -1,38 +1,67 @@
-"""Event handlers that never drop a message (design rule 4).
+"""The consumer kit: event handlers that never drop a message and never stop
+on a bad one (design rule 4).
 
-nameko's ``event_handler`` acks a message whose handler failed
-(``requeue_on_error=False``), or requeues it at once and forever. Here a failed
-delivery is republished, with publisher confirms, to a wait queue whose
-messages expire back into the handler's queue after a delay that grows with
-each try; after the last try it goes to the handler's dead-letter queue, where
-``warmi dead-letters`` lists and replays it. Only once the copy is confirmed
-is the original acked; if the copy cannot be made, the original is requeued.
+Every event handler of Warmi is an ``event_consumer``. Before a worker runs,
+the message is loaded through the catalogue (``contracts.events``); the
+handler method receives the loaded envelope. Then:
 
-Raise ``PermanentFailure`` for a message that no retry can fix (a malformed
-event): it goes straight to the dead-letter queue.
+- **A message that can never be handled** (not JSON, not an envelope, fails
+  its schema, unknown type or version, no ``event_id``) goes straight to the
+  handler's dead-letter queue with the reason (field names, never values) in
+  its headers; the service goes on with the next message. nameko would
+  otherwise stop the whole container on a message it cannot decode.
+- **A handler that fails** has its message republished, with publisher
+  confirms, to a wait queue whose messages expire back into the handler's
+  queue after a delay that grows with each try; after the last try it goes
+  to the dead-letter queue, where ``warmi dead-letters`` lists and replays
+  it. Only once the copy is confirmed is the original acked; if the copy
+  cannot be made, the original is requeued.
+- **An ack that the broker can no longer take** (its connection died during
+  the work) is let go: the broker redelivers the message on the new
+  connection and the handler's inbox turns the repeat into a no-op.
+
+The handler's side of the bargain, the same in every service: record the
+``event_id`` in the same transaction as the effect it guards
+(``servicekit.inbox.claim``) and commit before returning; for an effect
+outside the database (sending an e-mail) plan the effect in a row, claim it,
+perform it, mark it done, and record the ``event_id`` once nothing is left
+(see ``services/notifications/service_layer/handlers.py``). The database
+provider never commits behind the handler's back: what a worker left
+uncommitted is rolled back.
+
+Raise ``PermanentFailure`` for a message that no retry can fix.
 """
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 
 import eventlet
+from amqp.exceptions import ChannelError, ConnectionError as AmqpConnectionError
 from kombu import Connection, Queue
 from kombu.pools import producers
+from marshmallow import ValidationError
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.events import SERVICE_POOL, EventHandler
+from nameko.messaging import QueueConsumer
 
+from contracts.events import load_event
 from servicekit import metrics
+from servicekit.topology import DEAD_SUFFIX, Topology, handler_queue
 
 log = logging.getLogger(__name__)
 
 ATTEMPT_HEADER = "x-warmi-attempt"
 ORIGIN_HEADER = "x-warmi-origin-queue"
 ERROR_HEADER = "x-warmi-error"
+REASON_HEADER = "x-warmi-reason"
 FAILED_AT_HEADER = "x-warmi-failed-at"
-DEAD_SUFFIX = ".dead"
 PUBLISH_TIMEOUT = 5.0
+# what an ack or requeue on a connection that died raises
+LOST_CONNECTION = (AmqpConnectionError, ChannelError, OSError, socket.error)
 
 
 class PermanentFailure(Exception):
@@ -78,8 +107,51 @@ def declare_retry_topology(connection: Connection, queue_name: str, policy: Retr
     dead_letter_queue(queue_name)(channel).declare()
 
 
+class EventQueueConsumer(QueueConsumer):
+    """nameko's queue consumer for event handlers, with two changes: a message
+    that cannot be decoded is handed to its handler's ``reject`` instead of
+    stopping the container, and an ack or requeue on a connection that died
+    is let go (the broker has already put the message back)."""
+
+    def get_consumers(self, consumer_cls, channel):
+        for provider in self._providers:
+            consumer = consumer_cls(
+                queues=[provider.queue],
+                callbacks=[partial(self.handle_message, provider)],
+                accept=self.accept,
+                on_decode_error=partial(self._undecodable, provider),
+            )
+            consumer.qos(prefetch_count=self.prefetch_count)
+            self._consumers[provider] = consumer
+        return self._consumers.values()
+
+    def _undecodable(self, provider, message, exc) -> None:
+        # runs in the consumer's own thread: hand the work to a managed one
+        self.container.spawn_managed_thread(
+            partial(provider.reject, message, "undecodable", type(exc).__name__), identifier="reject-undecodable"
+        )
+
+    def ack_message(self, message) -> None:
+        try:
+            super().ack_message(message)
+        except LOST_CONNECTION as exc:
+            log.warning("ack lost with the broker connection; the message will be redelivered",
+                        extra={"error": type(exc).__name__, "message_id": message.properties.get("message_id")})
+
+    def requeue_message(self, message) -> None:
+        try:
+            super().requeue_message(message)
+        except LOST_CONNECTION as exc:
+            log.warning("requeue lost with the broker connection; the message will be redelivered",
+                        extra={"error": type(exc).__name__, "message_id": message.properties.get("message_id")})
+
+
 class ReliableEventHandler(EventHandler):
-    """``event_handler`` with bounded retries, backoff and a dead-letter queue."""
+    """``event_handler`` that loads the event through the catalogue, retries
+    with backoff, and dead-letters what cannot or could not be handled."""
+
+    queue_consumer = EventQueueConsumer()
+    topology = Topology()
 
     def __init__(self, source_service: str, event_type: str, **kwargs):
         kwargs.setdefault("handler_type", SERVICE_POOL)
@@ -87,13 +159,31 @@ class ReliableEventHandler(EventHandler):
 
     def setup(self) -> None:
         super().setup()
+        consumer = f"{self.container.service_name}.{self.method_name}"
+        # the catalogue's queue, on the exchange with its alternate exchange
+        self.queue = handler_queue(self.source_service, self.event_type, consumer)
+        self.queue.exchange.no_declare = True
         self.policy = RetryPolicy.from_config(self.container.config)
         self.amqp_uri = self.container.config[AMQP_URI_CONFIG_KEY]
+        self.topology.ensure()
         with Connection(self.amqp_uri) as conn:
-            # the handler's own queue too, so that nothing published before the
-            # first start of this service is unroutable
             self.queue(conn.default_channel).declare()
             declare_retry_topology(conn, self.queue.name, self.policy)
+
+    def handle_message(self, body, message) -> None:
+        try:
+            event = load_event(body, self.event_type)
+        except ValidationError as err:
+            self.reject(message, "invalid", _field_paths(err.messages))
+            return
+        super().handle_message(event, message)
+
+    def reject(self, message, reason: str, detail: str) -> None:
+        """Dead-letter a message that no retry can fix, with why."""
+        headers = dict(message.headers or {})
+        headers.update({REASON_HEADER: f"{reason}: {detail}"[:200], ERROR_HEADER: "PermanentFailure"})
+        metrics.EVENT_REJECTED.labels(self.container.service_name, self.event_type, reason).inc()
+        self._park(message, headers, dead=True, attempt=int(headers.get(ATTEMPT_HEADER, 1)), error="PermanentFailure")
 
     def handle_message_processed(self, message, result=None, exc_info=None) -> None:
         if exc_info is None:
@@ -101,18 +191,26 @@ class ReliableEventHandler(EventHandler):
             return
         headers = dict(message.headers or {})
         attempt = int(headers.get(ATTEMPT_HEADER, 1))
-        permanent = isinstance(exc_info[1], PermanentFailure)
+        error = exc_info[0].__name__
+        if isinstance(exc_info[1], PermanentFailure):
+            headers[REASON_HEADER] = f"permanent: {exc_info[1]}"[:200]
+            self._park(message, headers, dead=True, attempt=attempt, error=error)
+        elif attempt >= self.policy.max_attempts:
+            headers[REASON_HEADER] = f"failed {attempt} times"
+            self._park(message, headers, dead=True, attempt=attempt, error=error)
+        else:
+            self._park(message, headers, dead=False, attempt=attempt, error=error)
+
+    def _park(self, message, headers: dict, *, dead: bool, attempt: int, error: str) -> None:
+        """Move ``message`` to the dead-letter queue or the next wait queue,
+        acking the original only once the broker confirmed the copy."""
         service = self.container.service_name
-        if permanent or attempt >= self.policy.max_attempts:
-            target = dead_letter_queue(self.queue.name).name
-            headers.update(
-                {
-                    ORIGIN_HEADER: self.queue.name,
-                    ERROR_HEADER: exc_info[0].__name__,
-                    FAILED_AT_HEADER: datetime.now(timezone.utc).isoformat(),
-                    ATTEMPT_HEADER: attempt,
-                }
-            )
+        if dead:
+            target = self.queue.name + DEAD_SUFFIX
+            headers.update({
+                ORIGIN_HEADER: self.queue.name, ERROR_HEADER: error,
+                FAILED_AT_HEADER: datetime.now(timezone.utc).isoformat(), ATTEMPT_HEADER: attempt,
+            })
             metric = metrics.EVENT_DEAD_LETTERED
         else:
             target = wait_queue(self.queue.name, self.policy.delays[attempt - 1]).name
@@ -132,27 +230,34 @@ class ReliableEventHandler(EventHandler):
             return
         metric.labels(service, self.event_type).inc()
         log.warning(
-            "event handling failed; %s",
-            "dead-lettered" if metric is metrics.EVENT_DEAD_LETTERED else "will retry",
+            "event handling failed; %s", "dead-lettered" if dead else "will retry",
             extra={
-                "event_type": self.event_type,
-                "attempt": attempt,
-                "error": exc_info[0].__name__,
-                "message_id": message.properties.get("message_id"),
+                "event_type": self.event_type, "attempt": attempt, "error": error,
+                "reason": headers.get(REASON_HEADER), "message_id": message.properties.get("message_id"),
             },
         )
         self.queue_consumer.ack_message(message)
 
 
-def republish(amqp_uri: str, message, routing_key: str, headers: dict) -> None:
-    """Publish a copy of ``message`` to a queue through the default exchange,
-    and return only once the broker has confirmed it."""
+def _field_paths(messages, prefix: str = "") -> str:
+    """``{"data": {"opened_at": [...]}}`` -> ``data.opened_at``: where the
+    message is wrong, never what it holds."""
+    if not isinstance(messages, dict):
+        return prefix or "_schema"
+    paths = [_field_paths(value, f"{prefix}.{key}" if prefix else str(key)) for key, value in messages.items()]
+    return ", ".join(sorted(paths))
+
+
+def republish(amqp_uri: str, message, routing_key: str, headers: dict, exchange="") -> None:
+    """Publish a copy of ``message`` (to a queue through the default exchange,
+    unless told otherwise), and return only once the broker has confirmed it."""
     conn = Connection(amqp_uri, transport_options={"confirm_publish": True})
     with producers[conn].acquire(block=True, timeout=PUBLISH_TIMEOUT) as producer:
         producer.publish(
             message.body,
-            exchange="",
+            exchange=exchange,
             routing_key=routing_key,
+            declare=[],
             content_type=message.content_type,
             content_encoding=message.content_encoding,
             headers=headers,
@@ -165,4 +270,4 @@ def republish(amqp_uri: str, message, routing_key: str, headers: dict) -> None:
         )
 
 
-reliable_event_handler = ReliableEventHandler.decorator
+event_consumer = ReliableEventHandler.decorator

@@ -1,9 +1,10 @@
 """Survivor data never leaves the case: not in events, logs, metrics, e-mails."""
-from kombu import Connection, Exchange, Queue
+from kombu import Connection, Queue
 from prometheus_client import REGISTRY, generate_latest
 import requests
 from sqlalchemy import text
 
+from servicekit.topology import event_exchange
 from tests.conftest import wait_until
 
 MARKER = "ZQX-survivor-9f3e"
@@ -12,7 +13,7 @@ MARKER = "ZQX-survivor-9f3e"
 def test_narrative_and_name_appear_nowhere_outside_the_encrypted_record(stack, clean_databases, captured_logs):
     stack.start_all()
     org = stack.organization()
-    exchange = Exchange("cases.events", type="topic", durable=True)
+    exchange = event_exchange("cases")
     tap = Queue("test-tap", exchange=exchange, routing_key="#", durable=False, auto_delete=False)
     with Connection(stack.amqp_uri) as conn:
         tap(conn.default_channel).declare()

@@ -43,6 +43,8 @@ WARMI_METRICS = {
     "warmi_event_retries_total",
     "warmi_event_dead_lettered_total",
     "warmi_event_duplicates_total",
+    "warmi_event_rejected_total",
+    "warmi_events_unrouted_messages",
     "warmi_outbox_pending_messages",
     "warmi_outbox_oldest_pending_age_seconds",
     "warmi_outbox_published_total",
@@ -284,6 +286,8 @@ def test_the_expected_alerts_exist():
     for metric in (
         "warmi_outbox_oldest_pending_age_seconds",
         "warmi_event_dead_lettered_total",
+        "warmi_event_rejected_total",
+        "warmi_events_unrouted_messages",
         "rabbitmq_queue_messages_ready",
         "warmi_handler_failures_total",
         "warmi_http_responses_total",

@@ -1,14 +1,17 @@
-"""The outbox relay on PostgreSQL: several replicas, each row published once."""
+"""The outbox relay: several replicas publish each row once; a failed publish
+leaves the rows before it marked, and the rest for the next pass."""
 import json
 from datetime import datetime, timezone
 
 import eventlet
-from kombu import Connection, Exchange, Queue
+from kombu import Connection, Queue
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from contracts.events import build_event
 from servicekit import outbox
 from servicekit.database import make_engine
+from servicekit.topology import event_exchange
 from services.cases.adapters import orm
 
 
@@ -26,7 +29,7 @@ def test_three_relays_at_once_publish_every_row_exactly_once(vhost, database_url
             )
             outbox.stage(session, orm.outbox, envelope, source="cases")
         session.commit()
-    exchange = Exchange("cases.events", type="topic", durable=True)
+    exchange = event_exchange("cases")
     sink = Queue("relay-test", exchange=exchange, routing_key="case_opened", durable=True)
     with Connection(vhost) as conn:
         exchange(conn.default_channel).declare()
@@ -56,3 +59,63 @@ def test_three_relays_at_once_publish_every_row_exactly_once(vhost, database_url
     assert len(set(ids)) == rows
     assert relays[0].measure()[0] == 0
     engine.dispose()
+
+
+def test_a_publish_failing_on_the_third_row_leaves_the_two_before_it_published_once(vhost, backend_engines):
+    engine = backend_engines["cases"]
+    envelopes = [
+        build_event(
+            "case_opened", organization_id="0c9a3c1e-5f0b-4f7e-8d3a-6b2e1f4c9d70",
+            case_id="5e1d7c2a-9b3f-4e68-a0d4-c7f2b8e91a36",
+            data={"survivor_code": f"CEC-2026-{n:04d}", "opened_by": "a3f9e2c1-7b4d-4c8e-9f1a-2d6b5e0c8f47",
+                  "opened_at": datetime(2026, 11, 20, 14, 5, tzinfo=timezone.utc)},
+        )
+        for n in range(5)
+    ]
+    with Session(engine) as session:
+        outbox.stage_many(session, orm.outbox, envelopes, source="cases")
+        session.commit()
+
+    class BrokerFailsOnTheThirdRow(outbox.Relay):
+        calls = 0
+
+        def _publish(self, producer, row):
+            self.calls += 1
+            if self.calls == 3:
+                raise ConnectionResetError("the broker went away")
+            super()._publish(producer, row)
+
+    relay = BrokerFailsOnTheThirdRow(engine, orm.outbox, vhost, "cases")
+    try:
+        relay.relay_once()
+    except ConnectionResetError:
+        pass
+    else:
+        raise AssertionError("the third publish should have failed")
+    finally:
+        relay.close()
+
+    def published():
+        with engine.connect() as conn:
+            return [r[0] for r in conn.execute(text("SELECT event_id FROM outbox WHERE published_at IS NOT NULL "
+                                                    "ORDER BY id"))]
+
+    first_two = [e["event_id"] for e in envelopes[:2]]
+    assert published() == first_two
+    with engine.connect() as conn:  # the rest is free for the next pass at once, not after a lease
+        assert conn.execute(text("SELECT count(*) FROM outbox WHERE claim IS NOT NULL")).scalar() == 0
+
+    again = outbox.Relay(engine, orm.outbox, vhost, "cases")
+    try:
+        assert again.relay_once() == 3
+    finally:
+        again.close()
+    assert published() == [e["event_id"] for e in envelopes]
+    queue = "evt-cases-case_opened--notifications.handle_case_opened"
+    with Connection(vhost) as conn:
+        channel = conn.channel()
+        ids = []
+        while (message := channel.basic_get(queue, no_ack=True)) is not None:
+            ids.append(json.loads(message.body)["event_id"])
+        channel.close()
+    assert ids == [e["event_id"] for e in envelopes]  # each exactly once, in order

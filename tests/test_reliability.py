@@ -2,11 +2,12 @@
 broker, PostgreSQL and an SMTP server."""
 import json
 
-from kombu import Connection, Exchange
+from kombu import Connection
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from servicekit.deadletters import handler_queues, list_dead_letters
+from servicekit.topology import event_exchange
 from services.notifications.service import NotificationsService
 from tests.conftest import wait_until
 from tests.support.tcp_proxy import CuttableProxy
@@ -57,7 +58,7 @@ def test_the_same_event_delivered_twice_sends_one_email(stack, clean_databases):
     with Connection(stack.amqp_uri) as conn:
         producer = conn.Producer()
         producer.publish(
-            body.encode(), exchange=Exchange("cases.events", type="topic", durable=True),
+            body.encode(), exchange=event_exchange("cases"),
             routing_key="case_opened", content_type="application/json", content_encoding="utf-8",
         )
 
@@ -77,7 +78,7 @@ def test_two_copies_of_an_event_waiting_in_the_queue_send_one_email(stack, clean
     body = outbox_rows(clean_databases)[0].body
     with Connection(stack.amqp_uri) as conn:
         conn.Producer().publish(
-            body.encode(), exchange=Exchange("cases.events", type="topic", durable=True),
+            body.encode(), exchange=event_exchange("cases"),
             routing_key="case_opened", content_type="application/json", content_encoding="utf-8",
         )
 

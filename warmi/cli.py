@@ -16,13 +16,6 @@ def _amqp_uri() -> str:
     return os.environ.get("AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/")
 
 
-def _dead_letter_queues() -> list[str]:
-    from servicekit.deadletters import handler_queues
-    from warmi.registry import SERVICES, service_class
-
-    return [q for name in SERVICES for q in handler_queues(service_class(name))]
-
-
 def cmd_serve(args) -> int:
     from warmi.serve import serve
 
@@ -36,7 +29,27 @@ def cmd_run(args) -> int:
 
     _init_keys()
     migrate_all()
+    _declare_topology()
     return run()
+
+
+def _declare_topology() -> bool:
+    """Every consumer queue of the catalogue, before anything is published.
+    The services declare it too when they start, so a broker that cannot be
+    reached yet is only worth a warning here."""
+    from kombu import Connection
+
+    from servicekit.topology import declare
+
+    try:
+        with Connection(_amqp_uri(), connect_timeout=5) as conn:
+            conn.ensure_connection(max_retries=1)
+            declare(conn)
+    except Exception as exc:
+        print(f"could not declare the event queues yet ({type(exc).__name__}); "
+              "each service declares them when it starts", file=sys.stderr)
+        return False
+    return True
 
 
 def cmd_migrate(args) -> int:
@@ -44,6 +57,8 @@ def cmd_migrate(args) -> int:
 
     migrate_all()
     print("databases are up to date")
+    if _declare_topology():
+        print("event queues are declared")
     return 0
 
 
@@ -232,14 +247,13 @@ def cmd_mail_sink(args) -> int:
 def cmd_dead_letters(args) -> int:
     from servicekit.deadletters import list_dead_letters, replay
 
-    queues = _dead_letter_queues()
     if args.action == "list":
-        letters = list_dead_letters(_amqp_uri(), queues)
+        letters = list_dead_letters(_amqp_uri())
         for letter in letters:
             print(json.dumps(letter.__dict__))
         print(f"{len(letters)} dead letter(s)", file=sys.stderr)
     else:
-        count = replay(_amqp_uri(), queues, message_id=args.id)
+        count = replay(_amqp_uri(), message_id=args.id)
         print(f"replayed {count} dead letter(s)")
     return 0
 
@@ -308,7 +322,7 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--port", type=int, default=8025)
     m.set_defaults(fn=cmd_mail_sink)
 
-    d = sub.add_parser("dead-letters", help="events that exhausted their retries")
+    d = sub.add_parser("dead-letters", help="events that exhausted their retries, could not be handled, or found no queue")
     d.add_argument("action", choices=["list", "replay"])
     d.add_argument("--id", default=None, help="replay only the message with this id")
     d.set_defaults(fn=cmd_dead_letters)

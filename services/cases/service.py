@@ -5,18 +5,16 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from marshmallow import ValidationError
 from nameko.extensions import DependencyProvider
-from nameko.rpc import rpc
+from servicekit.rpc import rpc
 
 from contracts import rpc as contract
 from contracts.errors import EXPECTED
-from contracts.events import load_event
 from servicekit import metrics
 from servicekit.config import home
 from servicekit.database import Database
 from servicekit.outbox import OutboxRelay
-from servicekit.reliable_events import PermanentFailure, reliable_event_handler
+from servicekit.reliable_events import event_consumer
 from servicekit.telemetry import CallHeaders, Telemetry
 from servicekit.timers import configured_timer
 from services.cases.adapters import orm
@@ -217,13 +215,10 @@ class CasesService:
         if staged:
             log.info("deadline alerts staged", extra={"alerts": staged})
 
-    @reliable_event_handler("referrals", "provider_registered")
-    def handle_provider_registered(self, body: dict) -> None:
-        try:
-            event = load_event(body, "provider_registered")
-        except ValidationError:
-            raise PermanentFailure("malformed provider_registered event") from None
-        handlers.project_provider(self._uow(), event)
+    @event_consumer("referrals", "provider_registered")
+    def handle_provider_registered(self, event: dict) -> None:
+        if not handlers.project_provider(self._uow(), event):
+            metrics.EVENT_DUPLICATES.labels(self.name, "provider_registered").inc()
 
     @rpc
     def health(self) -> dict:

@@ -1,16 +1,14 @@
 """The notifications service: nameko entrypoints only."""
 from __future__ import annotations
 
-from marshmallow import ValidationError
 from nameko.extensions import DependencyProvider
-from nameko.rpc import rpc
+from servicekit.rpc import rpc
 
 from contracts import rpc as contract
 from contracts.errors import EXPECTED, Forbidden
-from contracts.events import load_event
 from servicekit import metrics
 from servicekit.database import Database
-from servicekit.reliable_events import PermanentFailure, reliable_event_handler
+from servicekit.reliable_events import event_consumer
 from servicekit.telemetry import Telemetry
 from services.notifications.adapters.email import EmailSender
 from services.notifications.adapters.templates import Renderer
@@ -45,12 +43,8 @@ class NotificationsService:
     channels = Channels()
     telemetry = Telemetry()
 
-    @reliable_event_handler("cases", "case_opened", expected_exceptions=(DeliveryFailed,))
-    def handle_case_opened(self, body: dict) -> None:
-        try:
-            event = load_event(body, "case_opened")
-        except ValidationError:
-            raise PermanentFailure("malformed case_opened event") from None
+    @event_consumer("cases", "case_opened", expected_exceptions=(DeliveryFailed,))
+    def handle_case_opened(self, event: dict) -> None:
         handled = handlers.notify_case_opened(
             UnitOfWork(self.db.session),
             self.channels.senders,

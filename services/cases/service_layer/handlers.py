@@ -51,11 +51,9 @@ def assign_protocol(uow: UnitOfWork, *, organization_id: str, protocol_id: str, 
 
 def project_provider(uow: UnitOfWork, event: dict) -> bool:
     """Keep the provider announced by the referrals service, once per event."""
-    event_id = str(event["event_id"])
-    if uow.handled(event_id, "project_provider"):
+    if not uow.claim_event(str(event["event_id"]), "project_provider"):
         return False
     uow.providers.upsert(str(event["data"]["provider_id"]), str(event["organization_id"]), event["data"]["kind"])
-    uow.mark_handled(event_id, "project_provider")
     uow.commit()
     return True
 

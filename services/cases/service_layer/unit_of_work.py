@@ -73,11 +73,9 @@ class UnitOfWork:
         )
         self.session.execute(update(heads).where(heads.c.organization_id == organization_id).values(last_hash=digest))
 
-    def handled(self, event_id: str, handler: str) -> bool:
-        return inbox.seen(self.session, orm.processed_events, event_id, handler)
-
-    def mark_handled(self, event_id: str, handler: str) -> None:
-        inbox.record(self.session, orm.processed_events, event_id, handler)
+    def claim_event(self, event_id: str, handler: str) -> bool:
+        """Record the event as handled in this unit of work; False for a repeat."""
+        return inbox.claim(self.session, orm.processed_events, event_id, handler)
 
     def commit(self) -> None:
         self.session.commit()
