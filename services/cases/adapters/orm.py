@@ -1,10 +1,11 @@
 """The cases service's tables. Nobody else reads them (design rule 2)."""
 from sqlalchemy import (
-    Boolean, Column, DateTime, ForeignKey, Index, Integer, MetaData, String, Table, Text, UniqueConstraint, text,
+    Boolean, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text, UniqueConstraint, text,
 )
 
 from servicekit.inbox import inbox_table
 from servicekit.outbox import outbox_table
+from servicekit.types import UtcDateTime
 
 metadata = MetaData()
 
@@ -14,7 +15,7 @@ organizations = Table(
     Column("id", String(36), primary_key=True),
     Column("code", String(10), nullable=False, unique=True),
     Column("timezone", String(64), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
     Column("protocol_id", String(64), nullable=False, server_default="smp-gbv"),
     Column("protocol_version", Integer, nullable=False, server_default="1"),
 )
@@ -36,8 +37,8 @@ cases = Table(
     Column("status", String(16), nullable=False),
     Column("age_group", String(16), nullable=False),
     Column("sex", String(16), nullable=False),
-    Column("incident_at", DateTime(timezone=True), nullable=True),
-    Column("opened_at", DateTime(timezone=True), nullable=False),
+    Column("incident_at", UtcDateTime(), nullable=True),
+    Column("opened_at", UtcDateTime(), nullable=False),
     Column("opened_by", String(36), nullable=False),
     Column("narrative_enc", Text, nullable=True),
     Column("survivor_name_enc", Text, nullable=True),
@@ -57,7 +58,7 @@ cases = Table(
     Column("protocol_id", String(64), nullable=True),
     Column("protocol_version", Integer, nullable=True),
     Column("closure_approved_by", String(36), nullable=True),
-    Column("updated_at", DateTime(timezone=True), nullable=True),
+    Column("updated_at", UtcDateTime(), nullable=True),
     # for the anonymised statistics: the month of opening in the organisation's
     # time zone, and whether the survivor's consent to aggregate reporting stands
     Column("opened_month", String(7), nullable=True),
@@ -72,7 +73,7 @@ case_exclusions = Table(
     Column("case_id", String(36), ForeignKey("cases.id"), primary_key=True),
     Column("user_id", String(36), primary_key=True),
     Column("excluded_by", String(36), nullable=False),
-    Column("at", DateTime(timezone=True), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
 )
 
 status_changes = Table(
@@ -84,7 +85,7 @@ status_changes = Table(
     Column("to_status", String(16), nullable=False),
     Column("reason", String(32), nullable=True),
     Column("actor_id", String(36), nullable=False),
-    Column("at", DateTime(timezone=True), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
 )
 
 consents = Table(
@@ -98,9 +99,9 @@ consents = Table(
     Column("given_by", String(16), nullable=False),
     Column("child_assent", Boolean, nullable=True),
     Column("recorded_by", String(36), nullable=False),
-    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("recorded_at", UtcDateTime(), nullable=False),
     Column("withdrawn_by", String(36), nullable=True),
-    Column("withdrawn_at", DateTime(timezone=True), nullable=True),
+    Column("withdrawn_at", UtcDateTime(), nullable=True),
 )
 
 plan_steps = Table(
@@ -111,17 +112,17 @@ plan_steps = Table(
     Column("organization_id", String(36), nullable=False),
     Column("step_id", String(8), nullable=False),
     Column("responsible", String(100), nullable=False),
-    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("due_at", UtcDateTime(), nullable=False),
     Column("urgent", Boolean, nullable=False),
     Column("status", String(16), nullable=False),  # open, done, cancelled
-    Column("completed_at", DateTime(timezone=True), nullable=True),
+    Column("completed_at", UtcDateTime(), nullable=True),
     Column("completed_by", String(36), nullable=True),
     Column("outcome", String(16), nullable=True),  # done, declined
     Column("note_enc", Text, nullable=True),
     Column("approved_by", String(36), nullable=True),
     # the deadline sweep: the next alert (due soon, overdue, escalations) and when it is due
     Column("alert_stage", Integer, nullable=False, server_default="0"),
-    Column("next_alert_at", DateTime(timezone=True), nullable=True),
+    Column("next_alert_at", UtcDateTime(), nullable=True),
     UniqueConstraint("case_id", "step_id", name="uq_plan_step"),
     Index(
         "ix_plan_steps_open_due",
@@ -167,7 +168,7 @@ audit_log = Table(
     Column("actor_id", String(36), nullable=False),
     Column("action", String(32), nullable=False),
     Column("fields", Text, nullable=False, default=""),
-    Column("at", DateTime(timezone=True), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
     # each entry's hash covers the one before it in its organisation's chain
     Column("prev_hash", String(64), nullable=True),
     Column("hash", String(64), nullable=True),

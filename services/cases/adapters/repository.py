@@ -9,7 +9,6 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from servicekit.database import aware
 from services.cases.adapters import cells, orm
 from services.cases.domain.classification import IncidentType
 from services.cases.domain.consent import Consent
@@ -116,8 +115,8 @@ class SqlCaseRepository:
             status=CaseStatus(row.status),
             age_group=row.age_group,
             sex=row.sex,
-            incident_at=aware(row.incident_at),
-            opened_at=aware(row.opened_at),
+            incident_at=row.incident_at,
+            opened_at=row.opened_at,
             opened_by=row.opened_by,
             narrative_ciphertext=row.narrative_enc,
             survivor_name_ciphertext=row.survivor_name_enc,
@@ -139,7 +138,7 @@ class SqlCaseRepository:
             opened_month=row.opened_month,
             reporting_consent=bool(row.reporting_consent),
             version=row.version,
-            updated_at=aware(row.updated_at),
+            updated_at=row.updated_at,
         )
 
     def exclude(self, case_id: str, user_id: str, by: str, now: datetime) -> None:
@@ -180,9 +179,9 @@ class SqlPlanRepository:
         return [
             StepRow(
                 id=r.id, case_id=r.case_id, step_id=r.step_id, responsible=tuple(r.responsible.split(",")),
-                due_at=aware(r.due_at), urgent=bool(r.urgent), status=r.status, completed_at=aware(r.completed_at),
+                due_at=r.due_at, urgent=bool(r.urgent), status=r.status, completed_at=r.completed_at,
                 completed_by=r.completed_by, outcome=r.outcome, note_ciphertext=r.note_enc,
-                approved_by=r.approved_by, alert_stage=r.alert_stage, next_alert_at=aware(r.next_alert_at),
+                approved_by=r.approved_by, alert_stage=r.alert_stage, next_alert_at=r.next_alert_at,
             )
             for r in rows
         ]
@@ -252,9 +251,9 @@ class SqlConsentRepository:
         return [
             Consent(
                 id=r.id, case_id=r.case_id, purpose=r.purpose, given_by=r.given_by, recorded_by=r.recorded_by,
-                recorded_at=aware(r.recorded_at), provider_id=r.provider_id,
+                recorded_at=r.recorded_at, provider_id=r.provider_id,
                 data_shared=tuple(d for d in r.data_shared.split(",") if d), child_assent=r.child_assent,
-                withdrawn_by=r.withdrawn_by, withdrawn_at=aware(r.withdrawn_at),
+                withdrawn_by=r.withdrawn_by, withdrawn_at=r.withdrawn_at,
             )
             for r in rows
         ]

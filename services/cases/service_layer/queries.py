@@ -13,7 +13,6 @@ from contracts.errors import Forbidden
 from services.cases.adapters import orm
 from services.cases.adapters.crypto import KeyRing
 from services.cases.adapters.protocols import load as load_protocol
-from servicekit.database import aware
 from services.cases.domain.access import Caller, statistics_scope
 from services.cases.domain.audit import AuditEntry, verify_chain
 from services.cases.domain.classification import CONTEXT_FLAGS, SEXUAL
@@ -49,7 +48,7 @@ def case_detail(uow: UnitOfWork, keyring: KeyRing, caller: Caller, case_id: str)
         for c in uow.consents.for_case(case.id)
     ]
     history = [
-        {"from": r.from_status, "to": r.to_status, "reason": r.reason, "by": r.actor_id, "at": aware(r.at)}
+        {"from": r.from_status, "to": r.to_status, "reason": r.reason, "by": r.actor_id, "at": r.at}
         for r in uow.cases.status_history(case.id)
     ]
     uow.audit(case_id=case.id, organization_id=case.organization_id, actor_id=caller.user_id, action="read",
@@ -107,7 +106,7 @@ def audit_trail(uow: UnitOfWork, caller: Caller, case_id: str) -> list[dict]:
     t = orm.audit_log
     rows = uow.session.execute(select(t).where(t.c.case_id == case.id).order_by(t.c.id)).all()
     trail = [{"id": r.id, "actor_id": r.actor_id, "action": r.action, "fields": json.loads(r.fields or "[]"),
-              "at": aware(r.at)} for r in rows]
+              "at": r.at} for r in rows]
     uow.audit(case_id=case.id, organization_id=case.organization_id, actor_id=caller.user_id,
               action="read_audit", fields=["audit_trail"])
     uow.commit()
@@ -122,7 +121,7 @@ def verify_audit(uow: UnitOfWork) -> list:
     organizations = set(head_of) | set(uow.session.execute(select(t.c.organization_id).distinct()).scalars())
     for organization_id in sorted(organizations):
         rows = [
-            (r.id, AuditEntry(r.case_id, r.organization_id, r.actor_id, r.action, r.fields, aware(r.at)),
+            (r.id, AuditEntry(r.case_id, r.organization_id, r.actor_id, r.action, r.fields, r.at),
              r.prev_hash, r.hash)
             for r in uow.session.execute(select(t).where(t.c.organization_id == organization_id).order_by(t.c.id))
         ]

@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from contracts.events import build_events
 from servicekit import outbox
 from services.cases.adapters import orm
-from servicekit.database import aware
 from services.cases.domain.deadlines import AlertPolicy, alerts_due
 
 
@@ -31,7 +30,7 @@ def sweep(sessions: sessionmaker, policy: AlertPolicy, *, now: datetime | None =
             by_kind: dict[str, list[dict]] = {}
             changes = []
             for row in rows:
-                due_at = aware(row.due_at)
+                due_at = row.due_at
                 alerts, stage, next_at = alerts_due(row.alert_stage, due_at, now, policy)
                 for kind, rung in alerts:
                     data = {"step_id": row.step_id, "due_at": due_at, "responsible": row.responsible.split(",")}

@@ -1,5 +1,7 @@
 """The gateway's tables: identity (organisations, users, API tokens)."""
-from sqlalchemy import Column, DateTime, ForeignKey, MetaData, String, Table
+from sqlalchemy import Column, ForeignKey, MetaData, String, Table
+
+from servicekit.types import UtcDateTime
 
 metadata = MetaData()
 
@@ -11,7 +13,7 @@ organizations = Table(
     Column("name", String(200), nullable=False),
     Column("timezone", String(64), nullable=False),
     Column("locale", String(8), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
 )
 
 users = Table(
@@ -21,7 +23,7 @@ users = Table(
     Column("organization_id", String(36), ForeignKey("organizations.id"), nullable=False, index=True),
     Column("display_name", String(200), nullable=False),
     Column("roles", String(200), nullable=False),  # comma-separated
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
 )
 
 api_tokens = Table(
@@ -29,8 +31,8 @@ api_tokens = Table(
     metadata,
     Column("token_hash", String(64), primary_key=True),
     Column("user_id", String(36), ForeignKey("users.id"), nullable=False, index=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("revoked_at", UtcDateTime(), nullable=True),
 )
 
 # a supervisor (often from a partner NGO) may supervise several organisations

@@ -1,8 +1,9 @@
 """The notifications service's tables: its projection of recipients, and the
 delivery log."""
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, UniqueConstraint
+from sqlalchemy import Column, Integer, MetaData, String, Table, UniqueConstraint
 
 from servicekit.inbox import inbox_table
+from servicekit.types import UtcDateTime
 
 metadata = MetaData()
 
@@ -39,9 +40,9 @@ deliveries = Table(
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("last_error", String(64), nullable=True),
-    Column("claimed_until", DateTime(timezone=True), nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("sent_at", DateTime(timezone=True), nullable=True),
+    Column("claimed_until", UtcDateTime(), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("sent_at", UtcDateTime(), nullable=True),
     UniqueConstraint("event_id", "recipient_id", "channel", name="uq_delivery_once"),
 )
 

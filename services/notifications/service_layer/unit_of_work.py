@@ -8,7 +8,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from servicekit import inbox
-from servicekit.database import aware
 from services.notifications.adapters import orm
 from services.notifications.domain.model import DeliveryStatus, Recipient
 
@@ -129,7 +128,7 @@ class UnitOfWork:
     def deliveries_for_case(self, case_id: str) -> list:
         t = orm.deliveries
         rows = self.session.execute(select(t).where(t.c.case_id == case_id).order_by(t.c.id)).all()
-        return [dict(r._mapping, sent_at=aware(r.sent_at)) for r in rows]
+        return [dict(r._mapping) for r in rows]
 
     def commit(self) -> None:
         self.session.commit()

@@ -1,7 +1,8 @@
 """The referrals service's tables: the provider directory and its outbox."""
-from sqlalchemy import Boolean, Column, DateTime, MetaData, String, Table, text
+from sqlalchemy import Boolean, Column, MetaData, String, Table, text
 
 from servicekit.outbox import outbox_table
+from servicekit.types import UtcDateTime
 
 metadata = MetaData()
 
@@ -13,7 +14,7 @@ providers = Table(
     Column("name", String(200), nullable=False),
     Column("kind", String(32), nullable=False),
     Column("active", Boolean, nullable=False, server_default=text("true")),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
 )
 
 outbox = outbox_table(metadata)
