@@ -149,6 +149,11 @@ def vhost():
 
 # -- mail ----------------------------------------------------------------------
 
+# Longer than the tests' retry delays (0.2-0.4 s), a relay's poll (0.2 s) and a
+# redelivery after a lost ack, so a duplicate would have arrived by then.
+LATE_DUPLICATE_SECONDS = 2.0
+
+
 class SmtpServer:
     def __init__(self, folder: Path):
         self.folder = folder
@@ -173,6 +178,18 @@ class SmtpServer:
 
     def messages(self) -> list:
         return [email.message_from_bytes(p.read_bytes()) for p in sorted(self.mail.glob("*.eml"))]
+
+    def settled(self, quiet: float = LATE_DUPLICATE_SECONDS) -> list:
+        """The messages once none has arrived for ``quiet`` seconds: "exactly
+        one e-mail" checked on these would see a late duplicate."""
+        seen = len(self.messages())
+        for _ in range(20):
+            eventlet.sleep(quiet)
+            now = self.messages()
+            if len(now) == seen:
+                return now
+            seen = len(now)
+        raise AssertionError("e-mails kept arriving")
 
     def fail_next(self, count: int) -> None:
         (self.folder / "fail_next").write_text(str(count))

@@ -62,7 +62,7 @@ def test_an_idempotency_key_makes_a_retried_request_open_one_case(stack):
     assert first.status_code == again.status_code == 201
     assert first.json()["id"] == again.json()["id"]
     wait_until(lambda: stack.smtp.messages(), message="the e-mail")
-    assert len(stack.smtp.messages()) == 1
+    assert len(stack.smtp.settled()) == 1
 
 
 def test_a_case_still_reads_while_the_notifications_service_is_down(stack):

@@ -43,7 +43,7 @@ def test_notifications_down_when_the_case_commits_sends_exactly_one_email_after_
     stack.start("notifications")
     messages = wait_until(lambda: stack.smtp.messages(), message="the e-mail after restart")
     wait_until(lambda: deliveries(clean_databases) and deliveries(clean_databases)[0].status == "sent")
-    assert len(stack.smtp.messages()) == 1
+    assert len(stack.smtp.settled()) == 1
     assert case["survivor_code"] in messages[0]["Subject"]
 
 
@@ -66,7 +66,7 @@ def test_the_same_event_delivered_twice_sends_one_email(stack, clean_databases):
         lambda: sample("warmi_event_duplicates_total", service="notifications", event_type="case_opened") > duplicates_before,
         message="the repeat to be recognised",
     )
-    assert len(stack.smtp.messages()) == 1
+    assert len(stack.smtp.settled()) == 1
 
 
 def test_two_copies_of_an_event_waiting_in_the_queue_send_one_email(stack, clean_databases):
@@ -88,7 +88,7 @@ def test_two_copies_of_an_event_waiting_in_the_queue_send_one_email(stack, clean
     wait_until(lambda: all(d.status == "sent" for d in deliveries(clean_databases)))
     with clean_databases["notifications"].connect() as conn:
         wait_until(lambda: conn.execute(text("SELECT count(*) FROM processed_events")).scalar() == 1)
-    assert len(stack.smtp.messages()) == 1
+    assert len(stack.smtp.settled()) == 1
 
 
 def test_smtp_failing_twice_is_retried_with_backoff_then_delivered_once(stack, clean_databases):
@@ -101,7 +101,7 @@ def test_smtp_failing_twice_is_retried_with_backoff_then_delivered_once(stack, c
 
     wait_until(lambda: stack.smtp.messages(), message="the e-mail after retries")
     wait_until(lambda: deliveries(clean_databases)[0].status == "sent")
-    assert len(stack.smtp.messages()) == 1
+    assert len(stack.smtp.settled()) == 1
     assert deliveries(clean_databases)[0].attempts == 3
     assert sample("warmi_event_retries_total", service="notifications", event_type="case_opened") - retries_before == 2
     assert sample("warmi_notifications_total", channel="email", outcome="failed") >= 2
@@ -130,7 +130,7 @@ def test_smtp_failing_always_dead_letters_the_event_and_replay_delivers_it(stack
 
     wait_until(lambda: stack.smtp.messages(), message="the e-mail after replay")
     wait_until(lambda: deliveries(clean_databases)[0].status == "sent")
-    assert len(stack.smtp.messages()) == 1
+    assert len(stack.smtp.settled()) == 1
     assert list_dead_letters(stack.amqp_uri, queues) == []
 
 
@@ -151,11 +151,11 @@ def test_a_relay_cut_off_from_the_broker_loses_no_case(stack, clean_databases):
         wait_until(lambda: sample("warmi_outbox_publish_failures_total", service="cases") > failures,
                    message="the relay to notice the broker is gone")
         assert len([r for r in outbox_rows(clean_databases) if r.published_at is None]) == 5
-        assert len(stack.smtp.messages()) == 1
+        assert len(stack.smtp.settled()) == 1
 
         proxy.restore()
         wait_until(lambda: len(stack.smtp.messages()) == 6, timeout=30, message="every e-mail after the cut")
-        subjects = sorted(m["Subject"] for m in stack.smtp.messages())
+        subjects = sorted(m["Subject"] for m in stack.smtp.settled())
         for response in opened:
             code = response.json()["survivor_code"]
             assert sum(code in s for s in subjects) == 1
