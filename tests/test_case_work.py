@@ -1,5 +1,6 @@
-"""Case work through the gateway, against the real services, broker and
-PostgreSQL: classification, plans, consent, closure, audit, statistics."""
+"""Case work through the gateway, against the real services and broker, on
+PostgreSQL and on SQLite: classification, plans, consent, closure, audit,
+statistics."""
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -14,8 +15,10 @@ NOW = datetime.now(timezone.utc)
 
 
 @pytest.fixture
-def team(stack):
-    """An organisation with its president, focal point, case lead and supervisor."""
+def team(any_stack):
+    """An organisation with its president, focal point, case lead and supervisor,
+    on each database in turn."""
+    stack = any_stack
     stack.start_all()
     org = stack.organization()
     people = {
@@ -95,18 +98,18 @@ def test_a_minor_is_flagged_and_gets_the_mandatory_report_step(team):
     ({"incident_type": "theft"}, "incident_type"),
     ({}, "answers"),
 ])
-def test_invalid_classification_answers_are_refused_and_change_nothing(team, clean_databases, body, field):
+def test_invalid_classification_answers_are_refused_and_change_nothing(team, backend_engines, body, field):
     stack, org, people = team
     case = open_case(stack, people)
     version = current(stack, people, case)["version"]
-    before = table_counts(clean_databases["cases"])
+    before = table_counts(backend_engines["cases"])
 
     response = stack.api("POST", f"/cases/{case['id']}/classification", people["president"],
                          {"version": version, **body})
 
     assert response.status_code == 422, response.text
     assert field in response.json()["error"]["fields"]
-    after = table_counts(clean_databases["cases"])
+    after = table_counts(backend_engines["cases"])
     assert {k: v for k, v in after.items() if k not in ("audit_log",)} == \
         {k: v for k, v in before.items() if k not in ("audit_log",)}
 
@@ -138,7 +141,7 @@ def test_an_incident_after_the_report_or_in_the_future_is_refused(team):
     assert opened.status_code == 422 and "incident_at" in opened.json()["error"]["fields"]
 
 
-def test_steps_are_completed_once_and_only_steps_of_the_protocol(team, clean_databases):
+def test_steps_are_completed_once_and_only_steps_of_the_protocol(team, backend_engines):
     stack, org, people = team
     case = open_case(stack, people)
 
@@ -153,7 +156,7 @@ def test_steps_are_completed_once_and_only_steps_of_the_protocol(team, clean_dat
     assert again.status_code == 409
     r0 = step(current(stack, people, case), "R0")
     assert r0["status"] == "done" and r0["note"] == "ayuda de emergencia ofrecida"
-    with clean_databases["cases"].connect() as conn:
+    with backend_engines["cases"].connect() as conn:
         raw = conn.execute(text("SELECT note_enc FROM plan_steps WHERE step_id = 'R0'")).scalar()
     assert "emergencia" not in raw
 
@@ -189,13 +192,13 @@ def test_a_high_risk_case_closes_only_with_supervisor_approval_and_reopening_is_
     assert step(detail, "R9")["status"] == "open"
 
 
-def test_withdrawing_referral_consent_cancels_the_referral_steps(team, clean_databases):
+def test_withdrawing_referral_consent_cancels_the_referral_steps(team, backend_engines):
     stack, org, people = team
     case = open_case(stack, people, incident_at=(NOW - timedelta(hours=5)).isoformat())
     version = current(stack, people, case)["version"]
     stack.api("POST", f"/cases/{case['id']}/classification", people["president"],
               {"version": version, "incident_type": "sexual_assault"})
-    provider = known_provider(clean_databases)
+    provider = known_provider(backend_engines)
     given = stack.api("POST", f"/cases/{case['id']}/consents", people["president"], {
         "purpose": "referral", "given_by": "survivor", "provider_id": provider, "data_shared": ["medical"]})
     assert given.status_code == 201, given.text
@@ -208,7 +211,7 @@ def test_withdrawing_referral_consent_cancels_the_referral_steps(team, clean_dat
     assert step(detail, "R4")["status"] == "open"
     again = stack.api("POST", f"/cases/{case['id']}/consents/{given.json()['id']}/withdrawal", people["president"])
     assert again.status_code == 409
-    with clean_databases["cases"].connect() as conn:
+    with backend_engines["cases"].connect() as conn:
         bodies = conn.execute(text("SELECT body FROM outbox WHERE routing_key = 'consent_withdrawn'")).scalars().all()
     assert json.loads(bodies[0])["data"]["cancelled_steps"] == ["R3", "R6"]
 
@@ -228,7 +231,7 @@ def test_a_minors_consent_needs_a_caregiver_and_the_childs_assent(team):
     assert proper.status_code == 201
 
 
-def test_every_read_is_audited_and_an_edited_entry_fails_verification(team, clean_databases, capsys):
+def test_every_read_is_audited_and_an_edited_entry_fails_verification(team, backend_engines, capsys):
     stack, org, people = team
     case = open_case(stack, people)
     current(stack, people, case)
@@ -242,7 +245,7 @@ def test_every_read_is_audited_and_an_edited_entry_fails_verification(team, clea
     assert all(set(entry) == {"id", "actor_id", "action", "fields", "at"} for entry in trail.json())
     assert cli.main(["audit", "verify"]) == 0
 
-    with clean_databases["cases"].begin() as conn:
+    with backend_engines["cases"].begin() as conn:
         conn.execute(text("UPDATE audit_log SET actor_id = :who WHERE action = 'read'"), {"who": str(uuid.uuid4())})
     capsys.readouterr()
 
@@ -250,12 +253,12 @@ def test_every_read_is_audited_and_an_edited_entry_fails_verification(team, clea
     assert "content does not match its hash" in capsys.readouterr().out
 
 
-def test_deleting_an_audit_entry_fails_verification(team, clean_databases):
+def test_deleting_an_audit_entry_fails_verification(team, backend_engines):
     stack, org, people = team
     case = open_case(stack, people)
     current(stack, people, case)
     current(stack, people, case)
-    with clean_databases["cases"].begin() as conn:
+    with backend_engines["cases"].begin() as conn:
         conn.execute(text("DELETE FROM audit_log WHERE id = (SELECT max(id) FROM audit_log)"))
     assert cli.main(["audit", "verify"]) == 1
 
@@ -293,7 +296,7 @@ def test_statistics_count_consented_cases_and_hide_small_cells(team):
     assert stack.api("GET", "/statistics", people["focal_point"]).status_code == 403
 
 
-def test_statistics_cells_stay_equal_to_a_recount_through_every_kind_of_change(team, clean_databases):
+def test_statistics_cells_stay_equal_to_a_recount_through_every_kind_of_change(team, backend_engines):
     from sqlalchemy import select
 
     from services.cases.adapters import cells, orm
