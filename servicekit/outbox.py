@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 # A publish that takes longer than this is treated as failed: the row stays
 # pending and the relay reconnects, instead of holding its transaction open.
 PUBLISH_TIMEOUT = 5.0
+# How often a relay asks the broker how many events wait in ``unrouted``.
+UNROUTED_MEASURE_SECONDS = 5.0
 # A claimed batch not marked within this time (its relay died) is claimed again.
 CLAIM_LEASE = timedelta(seconds=60)
 
@@ -256,6 +258,7 @@ class OutboxRelay(DependencyProvider):
         self.max_backoff = float(settings.get("MAX_BACKOFF", 5.0))
         self.relay: Relay | None = None
         self._wake = threading.Event()
+        self._unrouted_measured = 0.0
         self._running = False
         self._gt = None
 
@@ -310,8 +313,11 @@ class OutboxRelay(DependencyProvider):
             count, age = self.relay.measure()
             metrics.OUTBOX_PENDING.labels(service).set(count)
             metrics.OUTBOX_OLDEST_AGE.labels(service).set(age)
-            unrouted = self.relay.unrouted()
+            now = time.monotonic()
+            if now - self._unrouted_measured >= UNROUTED_MEASURE_SECONDS:
+                self._unrouted_measured = now
+                unrouted = self.relay.unrouted()
+                if unrouted is not None:
+                    metrics.UNROUTED.labels(service).set(unrouted)
         except Exception:
             return
-        if unrouted is not None:
-            metrics.UNROUTED.labels(service).set(unrouted)
