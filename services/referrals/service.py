@@ -2,7 +2,7 @@
 referrals and their lifecycle come next."""
 from __future__ import annotations
 
-from nameko.rpc import rpc
+from servicekit.rpc import rpc
 
 from contracts import rpc as contract
 from contracts.errors import EXPECTED
