@@ -10,15 +10,21 @@ import eventlet
 from nameko.exceptions import RemoteError, UnknownService
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import WebServer, WsgiApp
+from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from contracts.errors import Conflict, Forbidden, InvalidInput, NotFound, WarmiError
+from servicekit.rpc import LOST_CONNECTION
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 STATUS = {InvalidInput: 422, NotFound: 404, Forbidden: 403, Conflict: 409}
+RETRY_AFTER_SECONDS = "5"
+# a service's own way of saying "not now": its database or a dependency is away
+UNAVAILABLE_REMOTE = frozenset({"Unavailable", "ServiceUnavailable", "OperationalError", "DisconnectionError"})
+
 
 
 class HttpError(Exception):
@@ -41,6 +47,10 @@ def json_response(status: int, body, headers: dict | None = None) -> Response:
 
 def error_response(status: int, code: str, message: str, fields: dict | None = None, headers=None) -> Response:
     return json_response(status, {"error": {"code": code, "message": message, "fields": fields or {}}}, headers)
+
+
+def unavailable_response(message: str, fields: dict | None = None) -> Response:
+    return error_response(503, "unavailable", message, fields, headers={"Retry-After": RETRY_AFTER_SECONDS})
 
 
 def read_json(request: Request) -> dict:
@@ -66,14 +76,43 @@ def read_json(request: Request) -> dict:
 
 
 def call(method, *args, timeout: float = 10.0):
-    """An RPC call that gives up after ``timeout`` seconds."""
+    """An RPC call that gives up after ``timeout`` seconds. Every way the
+    broker or the service can be away comes out as ``RpcUnavailable``."""
     try:
         with eventlet.Timeout(timeout):
             return method(*args)
     except eventlet.Timeout:
-        raise RpcUnavailable() from None
+        raise RpcUnavailable("timeout") from None
     except UnknownService:
-        raise RpcUnavailable() from None
+        raise RpcUnavailable("unknown_service") from None
+    except LOST_CONNECTION as err:
+        raise RpcUnavailable(type(err).__name__) from None
+    except RemoteError as err:
+        if err.exc_type in UNAVAILABLE_REMOTE:
+            raise RpcUnavailable(err.exc_type) from None
+        raise
+
+
+def ask_all(methods: dict, timeout: float) -> dict:
+    """Call every method of ``methods`` (name -> bound RPC method) side by
+    side; name -> whether it answered within ``timeout`` seconds."""
+    replies, answered = {}, {name: False for name in methods}
+    for name, method in methods.items():
+        try:
+            replies[name] = method.call_async()
+        except (UnknownService, *LOST_CONNECTION):
+            pass
+    try:
+        with eventlet.Timeout(timeout):
+            for name, reply in replies.items():
+                try:
+                    reply.result()
+                    answered[name] = True
+                except Exception:
+                    pass
+    except eventlet.Timeout:
+        pass
+    return answered
 
 
 def endpoint(fn: Callable) -> Callable:
@@ -86,9 +125,19 @@ def endpoint(fn: Callable) -> Callable:
         except HttpError as err:
             return error_response(err.status, err.code, err.message, err.fields, err.headers)
         except WarmiError as err:
+            if err.code == "unavailable":  # a service's own "not now"
+                return unavailable_response(err.message or "a service is unavailable; try again")
             return error_response(STATUS.get(type(err), 400), err.code, err.message, err.fields)
-        except RpcUnavailable:
-            return error_response(503, "unavailable", "a service did not answer in time; try again", headers={"Retry-After": "5"})
+        except RpcUnavailable as err:
+            log.warning("a service is unavailable", extra={"reason": str(err)})
+            return unavailable_response("a service did not answer in time; try again")
+        except LOST_CONNECTION as err:
+            # the broker went away under a call made without ``call``
+            log.warning("a service is unavailable", extra={"reason": type(err).__name__})
+            return unavailable_response("a service did not answer in time; try again")
+        except SQLAlchemyOperationalError:
+            log.warning("the gateway's database is unavailable")
+            return unavailable_response("the service is unavailable for a moment; try again")
         except RemoteError as err:
             log.error("a service failed", extra={"remote_error": err.exc_type})
             return error_response(500, "internal", "something went wrong on our side")

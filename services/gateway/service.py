@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import uuid
 
-from nameko.rpc import RpcProxy
+from servicekit.rpc import RpcProxy
 from werkzeug.wrappers import Request, Response
 
 from servicekit.database import Database
 from servicekit.telemetry import Telemetry
 from services.gateway import identity
-from services.gateway.api import HttpError, RpcUnavailable, call, endpoint, json_response, read_json, route
+from services.gateway.api import (
+    HttpError, RpcUnavailable, ask_all, call, endpoint, json_response, read_json, route, unavailable_response,
+)
 
 CASE = "/api/v1/cases/<string:case_id>"
+READY_TIMEOUT_SECONDS = 2.0
 
 
 class GatewayService:
@@ -44,6 +47,21 @@ class GatewayService:
     @endpoint
     def health(self, request: Request) -> Response:
         return json_response(200, {"status": "ok"})
+
+    @route("GET", "/api/v1/ready")
+    @endpoint
+    def ready(self, request: Request) -> Response:
+        """Whether every service answers: for readiness probes and for
+        ``warmi run`` to say when Warmi is up. ``/health`` only says the
+        gateway itself is alive."""
+        answered = ask_all(
+            {name: getattr(self, name).health for name in ("cases", "notifications", "referrals")},
+            timeout=READY_TIMEOUT_SECONDS,
+        )
+        if all(answered.values()):
+            return json_response(200, {"status": "ok", "services": {name: "ok" for name in answered}})
+        silent = {name: ["did not answer"] for name, ok in answered.items() if not ok}
+        return unavailable_response("not every service answers", silent)
 
     @route("POST", "/api/v1/cases")
     @endpoint
