@@ -207,3 +207,21 @@ def test_a_broker_restart_while_cases_are_opened_loses_nothing_and_doubles_nothi
     )
     assert len(subjects) == total
     print(f"answers: {dict(answers)}")
+
+
+def test_retries_of_one_case_sent_at_once_open_it_once(any_stack):
+    """A retry can meet the first try still running (its request waited in
+    the queue while the broker was away): both get the one case."""
+    any_stack.start_all()
+    org = any_stack.organization()
+    token = org["focal_point"]["token"]
+    for attempt in range(3):
+        key = f"phone-{uuid.uuid4().hex}"
+        pool = eventlet.GreenPool()
+        responses = list(pool.imap(
+            lambda _: any_stack.post_case(token, CASE, headers={"Idempotency-Key": key}), range(4)
+        ))
+        assert {r.status_code for r in responses} <= {200, 201}, [r.status_code for r in responses]
+        assert len({r.json()["id"] for r in responses}) == 1
+    with any_stack.engines["cases"].connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM cases")).scalar() == 3

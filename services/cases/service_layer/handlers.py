@@ -102,14 +102,16 @@ def open_case(uow: UnitOfWork, keyring: KeyRing, caller: Caller, command: dict, 
     except model.InvalidCase as err:
         raise invalid_input(err) from None
 
-    uow.cases.add(case)
-    uow.cases.log_status(case)
-    replan(uow, case, policy, now)
-    uow.audit(case_id=case.id, organization_id=case.organization_id, actor_id=caller.user_id, action="open",
-              fields=[f for f in command if command.get(f) is not None and f != "idempotency_key"], now=now)
-    uow.emit(case, "case_opened", {"survivor_code": case.survivor_code, "opened_by": caller.user_id,
-                                   "opened_at": now}, now)
     try:
+        # the insert itself meets the other retry's row (PostgreSQL waits for
+        # it to commit, then refuses the key), not only the commit
+        uow.cases.add(case)
+        uow.cases.log_status(case)
+        replan(uow, case, policy, now)
+        uow.audit(case_id=case.id, organization_id=case.organization_id, actor_id=caller.user_id, action="open",
+                  fields=[f for f in command if command.get(f) is not None and f != "idempotency_key"], now=now)
+        uow.emit(case, "case_opened", {"survivor_code": case.survivor_code, "opened_by": caller.user_id,
+                                       "opened_at": now}, now)
         uow.commit()
     except IntegrityError:
         # two retries of one request raced; the first one won
