@@ -25,6 +25,13 @@ def processes_with(marker: str) -> list[int]:
     return found
 
 
+def command_line(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    except OSError:
+        return []
+
+
 def test_run_command_serves_the_walkthrough_and_stops_cleanly_on_ctrl_c(vhost, tmp_path):
     home = tmp_path / "warmi-home"
     ports = {name: free_port() for name in ("GATEWAY", "CASES", "NOTIFICATIONS", "REFERRALS", "SINK")}
@@ -75,6 +82,24 @@ def test_run_command_serves_the_walkthrough_and_stops_cleanly_on_ctrl_c(vhost, t
         assert "warmi_outbox_pending_messages" in cases_metrics
         assert 'warmi_notifications_total{' not in cases_metrics  # one process, its own samples
         assert len(processes_with(str(home))) >= 5  # supervisor, four services, the sink
+        wait_until(lambda: b"Warmi is running" in (tmp_path / "run.log").read_bytes(), timeout=30,
+                   message="the announcement")
+        assert requests.get(f"{api}/ready", timeout=5).status_code == 200
+
+        # a service killed outright comes back by itself, and Warmi with it
+        (cases_pid,) = [pid for pid in processes_with(str(home)) if command_line(pid)[-2:] == ["serve", "cases"]]
+        os.kill(cases_pid, signal.SIGKILL)
+        wait_until(lambda: b"cases started again" in (tmp_path / "run.log").read_bytes(), timeout=15,
+                   message="the supervisor to start the cases service again")
+        wait_until(lambda: requests.get(f"{api}/ready", timeout=5).status_code == 200, timeout=60, interval=0.5,
+                   message="the cases service to come back")
+        assert [pid for pid in processes_with(str(home)) if command_line(pid)[-2:] == ["serve", "cases"]] != [cases_pid]
+        again = requests.post(
+            f"{api}/cases", json={"age_group": "18-25", "narrative": "relato"},
+            headers={"Authorization": f"Bearer {tokens['focal_point']['token']}"}, timeout=10,
+        )
+        assert again.status_code == 201
+        assert b"cases stopped unexpectedly (killed by SIGKILL)" in (tmp_path / "run.log").read_bytes()
 
         os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         assert run.wait(timeout=40) == 0
