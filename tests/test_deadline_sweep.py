@@ -1,18 +1,21 @@
-"""The deadline sweep on PostgreSQL with two replicas at once."""
+"""The deadline sweep with two replicas at once, on PostgreSQL and on
+SQLite, and re-planning racing the sweep."""
 import json
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import eventlet
 from sqlalchemy import insert, text
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from servicekit.database import make_engine
 from services.cases.adapters import orm
 from services.cases.domain.deadlines import AlertPolicy, alert_time
 from services.cases.service_layer.sweep import sweep
-from tests.conftest import wait_until
+from tests.conftest import ROOT, wait_until
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 POLICY = AlertPolicy()
@@ -45,6 +48,19 @@ def seed(engine, now: datetime = NOW) -> None:
         ])
 
 
+def assert_each_alert_staged_once(engine) -> None:
+    with engine.connect() as conn:
+        bodies = conn.execute(text("SELECT body FROM outbox")).scalars().all()
+    keys = Counter()
+    for body in bodies:
+        event = json.loads(body)
+        keys[(event["case_id"], event["data"]["step_id"], event["type"], event["data"].get("rung"))] += 1
+    assert len(keys) == CASES * EXPECTED_PER_CASE
+    assert set(keys.values()) == {1}, "an alert was staged twice"
+    kinds = Counter(k[2] for k in keys)
+    assert kinds == {"step_due_soon": 2 * CASES, "step_overdue": 2 * CASES, "step_escalated": 2 * CASES}
+
+
 def test_two_replicas_sweeping_10000_cases_emit_each_alert_exactly_once(database_urls, clean_databases):
     seed(clean_databases["cases"])
     replicas = [make_engine(database_urls["cases"], green=True) for _ in range(2)]
@@ -54,21 +70,96 @@ def test_two_replicas_sweeping_10000_cases_emit_each_alert_exactly_once(database
 
     assert sum(staged) == CASES * EXPECTED_PER_CASE
     assert all(staged), f"one replica did nothing: {staged}"  # they really swept side by side
-    with clean_databases["cases"].connect() as conn:
-        bodies = conn.execute(text("SELECT body FROM outbox")).scalars().all()
-    keys = Counter()
-    for body in bodies:
-        event = json.loads(body)
-        keys[(event["case_id"], event["data"]["step_id"], event["type"], event["data"].get("rung"))] += 1
-    assert len(keys) == CASES * EXPECTED_PER_CASE
-    assert set(keys.values()) == {1}
-    kinds = Counter(k[2] for k in keys)
-    assert kinds == {"step_due_soon": 2 * CASES, "step_overdue": 2 * CASES, "step_escalated": 2 * CASES}
+    assert_each_alert_staged_once(clean_databases["cases"])
 
     # a later sweep finds nothing new until the next rung falls due
     assert sweep(sessionmaker(replicas[0]), POLICY, now=NOW + timedelta(minutes=5)) == 0
     for engine in replicas:
         engine.dispose()
+
+
+def test_two_processes_sweeping_10000_cases_on_one_sqlite_file_stage_each_alert_once(
+        sqlite_database_urls, sqlite_engines):
+    """On SQLite, replicas are OS processes: the lock one of them waits for
+    blocks its whole process, so green threads of one process cannot show it."""
+    seed(sqlite_engines["cases"])
+    sqlite_engines["cases"].dispose()  # the processes have the file to themselves
+    command = [sys.executable, "-m", "tests.support.sweep_process", sqlite_database_urls["cases"],
+               NOW.isoformat(), "100", "0.002"]
+    processes = [subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    try:
+        for process in processes:  # both imported and connected: start them together
+            assert process.stdout.readline().strip() == "ready"
+        for process in processes:
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        outputs = [process.communicate(timeout=90)[0] for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    staged = [json.loads(out.strip().splitlines()[-1])["staged"] for out in outputs]
+
+    assert sum(staged) == CASES * EXPECTED_PER_CASE
+    assert all(staged), f"one process did nothing: {staged}"  # they really swept side by side
+    assert_each_alert_staged_once(sqlite_engines["cases"])
+    assert sweep(sessionmaker(sqlite_engines["cases"]), POLICY, now=NOW + timedelta(minutes=5)) == 0
+
+
+def test_a_due_time_moved_while_the_sweep_runs_neither_resends_alerts_nor_undoes_them(backend, backend_engines):
+    """Re-planning reads a step's alert stage without a lock; the sweep
+    advances it (and stages its alerts) before re-planning writes."""
+    from cryptography.fernet import Fernet
+
+    from services.cases.adapters.crypto import KeyRing
+    from services.cases.domain.access import Caller
+    from services.cases.service_layer import handlers
+    from services.cases.service_layer.unit_of_work import UnitOfWork
+
+    engine = backend_engines["cases"]
+    sessions = sessionmaker(engine)
+    now = datetime.now(timezone.utc)
+    organization = str(uuid.uuid4())
+    with Session(engine) as session:
+        handlers.register_organization(UnitOfWork(session), organization_id=organization, code="CEC",
+                                       timezone_name="America/Lima")
+    focal_point = Caller(str(uuid.uuid4()), organization, frozenset({"focal_point"}))
+    president = Caller(str(uuid.uuid4()), organization, frozenset({"president"}))
+    # opened 100 hours ago and never swept: R4 (risk assessment) was due after 24 hours while
+    # the risk is unknown (every one of its alerts has passed), after 72 hours once it is low
+    opened_at = now - timedelta(hours=100)
+    with Session(engine) as session:
+        case = handlers.open_case(UnitOfWork(session), KeyRing([Fernet.generate_key().decode()]), focal_point,
+                                  {"age_group": "18-25"}, now=opened_at, policy=POLICY)
+
+    swept = []
+    with Session(engine) as session:
+        uow = UnitOfWork(session)
+        reschedule = uow.plans.reschedule
+
+        def sweep_then_reschedule(row, **change):
+            if not swept:  # the steps are read: now the sweep runs and commits
+                swept.append(sweep(sessions, POLICY, now=now))
+            return reschedule(row, **change)
+
+        uow.plans.reschedule = sweep_then_reschedule
+        handlers.set_risk(uow, president, case.id, {"risk_level": "low", "version": case.version}, POLICY)
+    assert swept and swept[0] > 0, "the sweep did not run between re-planning's read and write"
+
+    with engine.connect() as conn:
+        r4 = conn.execute(text("SELECT due_at, alert_stage FROM plan_steps WHERE step_id = 'R4'")).one()
+        bodies = conn.execute(text("SELECT body FROM outbox WHERE routing_key LIKE 'step_%'")).scalars().all()
+    # R4 is now due 72 hours after opening: due soon, overdue and the president's
+    # escalation hold for that time too; only the supervisor's is still ahead
+    assert r4.alert_stage == 3
+    r4_alerts = sorted((e["type"], e["data"].get("rung") or "") for e in map(json.loads, bodies)
+                       if e["data"]["step_id"] == "R4")
+    assert r4_alerts == [("step_due_soon", ""), ("step_escalated", "president"), ("step_escalated", "supervisor"),
+                         ("step_overdue", "")]
+    # and no sweep of the same moment sends any of them again, for R4 or any other step
+    assert sweep(sessions, POLICY, now=now) == 0
 
 
 def test_the_sweep_timer_of_the_running_service_sends_due_alerts(stack, clean_databases):

@@ -176,15 +176,16 @@ class SqlPlanRepository:
     def steps(self, case_id: str) -> list[StepRow]:
         t = orm.plan_steps
         rows = self.session.execute(select(t).where(t.c.case_id == case_id).order_by(t.c.id)).all()
-        return [
-            StepRow(
-                id=r.id, case_id=r.case_id, step_id=r.step_id, responsible=tuple(r.responsible.split(",")),
-                due_at=r.due_at, urgent=bool(r.urgent), status=r.status, completed_at=r.completed_at,
-                completed_by=r.completed_by, outcome=r.outcome, note_ciphertext=r.note_enc,
-                approved_by=r.approved_by, alert_stage=r.alert_stage, next_alert_at=r.next_alert_at,
-            )
-            for r in rows
-        ]
+        return [self._step_row(r) for r in rows]
+
+    @staticmethod
+    def _step_row(r) -> StepRow:
+        return StepRow(
+            id=r.id, case_id=r.case_id, step_id=r.step_id, responsible=tuple(r.responsible.split(",")),
+            due_at=r.due_at, urgent=bool(r.urgent), status=r.status, completed_at=r.completed_at,
+            completed_by=r.completed_by, outcome=r.outcome, note_ciphertext=r.note_enc,
+            approved_by=r.approved_by, alert_stage=r.alert_stage, next_alert_at=r.next_alert_at,
+        )
 
     def add(self, *, case_id: str, organization_id: str, step_id: str, responsible: tuple[str, ...],
             due_at: datetime, urgent: bool, next_alert_at: datetime | None) -> None:
@@ -196,12 +197,23 @@ class SqlPlanRepository:
             )
         )
 
-    def reschedule(self, row_id: int, *, due_at: datetime, urgent: bool, stage: int, next_alert_at) -> None:
-        self.session.execute(
-            update(orm.plan_steps).where(orm.plan_steps.c.id == row_id).values(
-                due_at=due_at, urgent=urgent, alert_stage=stage, next_alert_at=next_alert_at
-            )
+    def step(self, row_id: int) -> StepRow | None:
+        """One step as it is now (after a compare-and-set that did not take)."""
+        t = orm.plan_steps
+        row = self.session.execute(select(t).where(t.c.id == row_id)).first()
+        return self._step_row(row) if row else None
+
+    def reschedule(self, row: StepRow, *, due_at: datetime, urgent: bool, stage: int, next_alert_at) -> bool:
+        """Move a step's due time and alert stage, only if the deadline sweep
+        has not moved its stage since ``row`` was read; False if it had."""
+        t = orm.plan_steps
+        result = self.session.execute(
+            update(t).where(
+                t.c.id == row.id, t.c.status == "open", t.c.alert_stage == row.alert_stage,
+                t.c.next_alert_at.is_not_distinct_from(row.next_alert_at),
+            ).values(due_at=due_at, urgent=urgent, alert_stage=stage, next_alert_at=next_alert_at)
         )
+        return result.rowcount == 1
 
     def reopen(self, row_id: int, *, due_at: datetime, urgent: bool, next_alert_at) -> None:
         self.session.execute(

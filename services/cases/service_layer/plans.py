@@ -16,6 +16,9 @@ from services.cases.domain.status import CaseStatus
 from services.cases.service_layer.editing import load_case, save_edit, utcnow
 from services.cases.service_layer.unit_of_work import UnitOfWork
 
+# each try reads the step afresh; only a sweep between every read and write fails them all
+RESCHEDULE_TRIES = 5
+
 
 def facts_of(uow: UnitOfWork, case: model.Case, timezone_name: str, *, opened_at: datetime | None = None) -> CaseFacts:
     steps = uow.plans.steps(case.id)
@@ -53,11 +56,24 @@ def replan(uow: UnitOfWork, case: model.Case, policy: AlertPolicy, now: datetime
             uow.plans.reopen(row.id, due_at=planned.due_at, urgent=planned.urgent,
                              next_alert_at=alert_time(0, planned.due_at, policy))
         elif row.status == "open" and (row.due_at != planned.due_at or row.urgent != planned.urgent):
-            stage, next_at = restage(row.alert_stage, row.due_at, planned.due_at, now, policy)
-            uow.plans.reschedule(row.id, due_at=planned.due_at, urgent=planned.urgent, stage=stage,
-                                 next_alert_at=next_at)
+            _reschedule(uow, row, planned, now, policy)
     for step_id in change.cancel:
         uow.plans.cancel(stored[step_id].id)
+
+
+def _reschedule(uow: UnitOfWork, row, planned, now: datetime, policy: AlertPolicy) -> None:
+    """New due time for an open step. The stage was read without a lock: if
+    the deadline sweep moved it since, read the step again and restage from
+    the alerts it really sent, so none is sent twice and none is taken back."""
+    for _ in range(RESCHEDULE_TRIES):
+        stage, next_at = restage(row.alert_stage, row.due_at, planned.due_at, now, policy)
+        if uow.plans.reschedule(row, due_at=planned.due_at, urgent=planned.urgent, stage=stage,
+                                next_alert_at=next_at):
+            return
+        row = uow.plans.step(row.id)
+        if row is None or row.status != "open":
+            return  # done or cancelled meanwhile: the case's version check refuses this edit
+    raise Conflict("the plan is being swept; try again", {"plan": ["changed meanwhile"]})
 
 
 def _step_row(uow: UnitOfWork, case: model.Case, step_id: str):

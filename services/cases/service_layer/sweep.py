@@ -1,19 +1,31 @@
 """The deadline sweep: alerts for plan steps that fall due soon, are
-overdue, or must go up the ladder. Safe with any number of replicas: rows are
-claimed with ``FOR UPDATE SKIP LOCKED`` and their alert stage moves in the
-same transaction as the events it causes."""
+overdue, or must go up the ladder. Safe with any number of replicas, on
+PostgreSQL and on SQLite: rows are claimed (``FOR UPDATE SKIP LOCKED``, or
+SQLite's write lock taken up front), each step's alert stage moves only if it
+is still the one read, and only the alerts of steps that moved are staged, in
+the same transaction."""
 from __future__ import annotations
 
+import logging
+import time
 from collections import Counter
 from datetime import datetime, timezone
 
-from sqlalchemy import bindparam, func, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import sessionmaker
 
 from contracts.events import build_events
 from servicekit import outbox
+from services.cases.adapters import alerts as repository
 from services.cases.adapters import orm
 from services.cases.domain.deadlines import AlertPolicy, alerts_due
+
+log = logging.getLogger(__name__)
+
+# SQLite has one writer at a time: short batches keep intake waiting briefly
+SQLITE_BATCH = 200
+BUSY_TRIES = 5
 
 
 def sweep(sessions: sessionmaker, policy: AlertPolicy, *, now: datetime | None = None, batch: int = 1000,
@@ -21,40 +33,61 @@ def sweep(sessions: sessionmaker, policy: AlertPolicy, *, now: datetime | None =
     """Send every alert that is due; returns how many alerts were staged.
     ``counted`` hears, after each committed batch, how many of each kind."""
     now = now or datetime.now(timezone.utc)
+    with sessions() as session:
+        if session.get_bind().dialect.name == "sqlite":
+            batch = min(batch, SQLITE_BATCH)
     staged = 0
+    busy = 0
     while True:
-        with sessions() as session, session.begin():
-            rows = _claim(session, now, batch)
-            if not rows:
-                return staged
-            by_kind: dict[str, list[dict]] = {}
-            changes = []
-            for row in rows:
-                due_at = row.due_at
-                alerts, stage, next_at = alerts_due(row.alert_stage, due_at, now, policy)
-                for kind, rung in alerts:
-                    data = {"step_id": row.step_id, "due_at": due_at, "responsible": row.responsible.split(",")}
-                    if kind == "step_escalated":
-                        data["rung"] = rung
-                    by_kind.setdefault(kind, []).append(
-                        {"organization_id": row.organization_id, "case_id": row.case_id, "occurred_at": now,
-                         "data": data}
-                    )
-                changes.append({"row_id": row.id, "stage": stage, "next_at": next_at})
-            events = [event for kind, items in by_kind.items() for event in build_events(kind, items)]
-            outbox.stage_many(session, orm.outbox, events, source="cases", headers=headers)
-            kinds = Counter(_kind(e) for e in events)
-            t = orm.plan_steps
-            session.execute(
-                update(t).where(t.c.id == bindparam("row_id")).values(
-                    alert_stage=bindparam("stage"), next_alert_at=bindparam("next_at")
-                ),
-                changes,
-            )
-            staged += len(events)
-        counted(kinds)
-        if len(rows) < batch:
+        try:
+            claimed, took, kinds = _one_batch(sessions, policy, now, batch, headers)
+        except OperationalError as error:
+            # another process held SQLite's write lock past the busy timeout:
+            # nothing of this batch was written; try it again a little later
+            busy += 1
+            if not repository.is_busy(error) or busy >= BUSY_TRIES:
+                raise
+            log.warning("deadline sweep waited for the database", extra={"tries": busy})
+            time.sleep(0.05 * busy)
+            continue
+        staged += sum(kinds.values())
+        if kinds:
+            counted(kinds)
+        if claimed < batch or not took:
+            # nothing moved in a full batch: leave the rest to the next sweep
+            # rather than claim the same rows again
             return staged
+
+
+def _one_batch(sessions: sessionmaker, policy: AlertPolicy, now: datetime, batch: int,
+               headers: dict | None) -> tuple[int, int, Counter]:
+    """One transaction: how many rows it claimed and moved, and the alerts it staged by kind."""
+    with sessions() as session, session.begin():
+        repository.begin(session)
+        rows = repository.claim(session, now, batch)
+        planned = {}
+        changes = []
+        for row in rows:
+            due_at = row.due_at
+            sent, stage, next_at = alerts_due(row.alert_stage, due_at, now, policy)
+            planned[row.id] = (row, due_at, sent)
+            changes.append(repository.Advance(row.id, row.alert_stage, row.next_alert_at, stage, next_at))
+        took = repository.advance(session, changes)
+        by_kind: dict[str, list[dict]] = {}
+        for row, due_at, sent in planned.values():
+            if row.id not in took:
+                continue  # re-planned or swept since it was read: its alerts are not ours to send
+            for kind, rung in sent:
+                data = {"step_id": row.step_id, "due_at": due_at, "responsible": row.responsible.split(",")}
+                if kind == "step_escalated":
+                    data["rung"] = rung
+                by_kind.setdefault(kind, []).append(
+                    {"organization_id": row.organization_id, "case_id": row.case_id, "occurred_at": now,
+                     "data": data}
+                )
+        events = [event for kind, items in by_kind.items() for event in build_events(kind, items)]
+        outbox.stage_many(session, orm.outbox, events, source="cases", headers=headers)
+    return len(rows), len(took), Counter(_kind(e) for e in events)
 
 
 def _kind(event: dict) -> str:
@@ -70,16 +103,3 @@ def overdue_steps(sessions: sessionmaker, now: datetime | None = None) -> int:
         return session.execute(
             select(func.count()).select_from(t).where(t.c.status == "open", t.c.due_at < (now or datetime.now(timezone.utc)))
         ).scalar()
-
-
-def _claim(session: Session, now: datetime, batch: int) -> list:
-    t = orm.plan_steps
-    query = (
-        select(t.c.id, t.c.case_id, t.c.organization_id, t.c.step_id, t.c.responsible, t.c.due_at, t.c.alert_stage)
-        .where(t.c.status == "open", t.c.next_alert_at.is_not(None), t.c.next_alert_at <= now)
-        .order_by(t.c.next_alert_at)
-        .limit(batch)
-    )
-    if session.bind.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    return session.execute(query).all()
