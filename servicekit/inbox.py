@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import Column, MetaData, String, Table, insert, select
+from sqlalchemy import Column, Index, MetaData, String, Table, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -23,6 +23,7 @@ def inbox_table(metadata: MetaData) -> Table:
         Column("event_id", String(36), primary_key=True),
         Column("handler", String(100), primary_key=True),
         Column("processed_at", UtcDateTime(), nullable=False),
+        Index("ix_processed_events_processed_at", "processed_at"),  # retention deletes by age
     )
 
 

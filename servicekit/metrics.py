@@ -68,6 +68,9 @@ STEPS_OVERDUE = Gauge(
 NOTIFICATIONS = Counter(
     "warmi_notifications_total", "Notification deliveries by channel and outcome", ["channel", "outcome"]
 )
+RETENTION_DELETED = Counter(
+    "warmi_retention_deleted_total", "Rows deleted by retention once older than their period", ["service", "table"]
+)  # table: outbox, processed_events, deliveries
 
 _server_started: dict[str, object] = {}
 

@@ -52,6 +52,7 @@ WARMI_METRICS = {
     "warmi_notifications_total",
     "warmi_step_alerts_total",
     "warmi_plan_steps_overdue",
+    "warmi_retention_deleted_total",
 }
 WARMI_HISTOGRAMS = {
     "warmi_rpc_duration_seconds",

@@ -14,6 +14,7 @@ from servicekit import metrics
 from servicekit.config import home
 from servicekit.database import Database
 from servicekit.outbox import OutboxRelay
+from servicekit.retention import Retention, handled_events, published_outbox
 from servicekit.reliable_events import event_consumer
 from servicekit.telemetry import CallHeaders, Telemetry
 from servicekit.timers import configured_timer
@@ -110,6 +111,7 @@ class CasesService:
     keys = Keys()
     deadlines = Deadlines()
     relay = OutboxRelay(orm.outbox)
+    retention = Retention(published_outbox(orm.outbox), handled_events(orm.processed_events))
     telemetry = Telemetry()
     call_headers = CallHeaders()
 
@@ -219,6 +221,11 @@ class CasesService:
     def handle_provider_registered(self, event: dict) -> None:
         if not handlers.project_provider(self._uow(), event):
             metrics.EVENT_DUPLICATES.labels(self.name, "provider_registered").inc()
+
+    @configured_timer("RETENTION.INTERVAL_SECONDS", 3600)
+    def purge_history(self) -> None:
+        """Delete history past its retention period (servicekit.retention)."""
+        self.retention()
 
     @rpc
     def health(self) -> dict:

@@ -8,9 +8,13 @@ from contracts import rpc as contract
 from contracts.errors import EXPECTED, Forbidden
 from servicekit import metrics
 from servicekit.database import Database
+from servicekit.retention import Retention, handled_events
 from servicekit.reliable_events import event_consumer
 from servicekit.telemetry import Telemetry
+from servicekit.timers import configured_timer
+from services.notifications.adapters import orm
 from services.notifications.adapters.email import EmailSender
+from services.notifications.adapters.retention import finished_deliveries
 from services.notifications.adapters.templates import Renderer
 from services.notifications.domain.model import DeliveryFailed
 from services.notifications.service_layer import handlers
@@ -41,6 +45,7 @@ class NotificationsService:
 
     db = Database()
     channels = Channels()
+    retention = Retention(handled_events(orm.processed_events), finished_deliveries(orm.deliveries))
     telemetry = Telemetry()
 
     @event_consumer("cases", "case_opened", expected_exceptions=(DeliveryFailed,))
@@ -68,6 +73,11 @@ class NotificationsService:
         )
         result["deliveries"] = contract.DeliveryViewSchema(many=True).dump(result["deliveries"])
         return result
+
+    @configured_timer("RETENTION.INTERVAL_SECONDS", 3600)
+    def purge_history(self) -> None:
+        """Delete history past its retention period (servicekit.retention)."""
+        self.retention()
 
     @rpc
     def health(self) -> dict:

@@ -1,6 +1,6 @@
 """The notifications service's tables: its projection of recipients, and the
 delivery log."""
-from sqlalchemy import Column, Integer, MetaData, String, Table, UniqueConstraint
+from sqlalchemy import Column, Index, Integer, MetaData, String, Table, UniqueConstraint
 
 from servicekit.inbox import inbox_table
 from servicekit.types import UtcDateTime
@@ -44,6 +44,7 @@ deliveries = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("sent_at", UtcDateTime(), nullable=True),
     UniqueConstraint("event_id", "recipient_id", "channel", name="uq_delivery_once"),
+    Index("ix_deliveries_created_at", "created_at"),  # retention deletes finished rows by age
 )
 
 processed_events = inbox_table(metadata)
