@@ -129,6 +129,7 @@ def table_counts(engine) -> dict:
 # -- broker --------------------------------------------------------------------
 
 from tests.support.rabbit_node import rabbit_node  # noqa: E402,F401  (a private node for fault tests)
+from tests.reliability.options import pytest_addoption  # noqa: E402,F401  (--long)
 
 _vhosts = iter(range(1, 100000))
 
