@@ -111,3 +111,24 @@ def test_run_command_serves_the_walkthrough_and_stops_cleanly_on_ctrl_c(vhost, t
         for pid in processes_with(str(home)):
             os.kill(pid, signal.SIGKILL)
         log.close()
+
+
+def test_the_scripts_check_the_servers_that_the_urls_name():
+    cases = {
+        "amqp://guest:guest@127.0.0.1:5672/": "127.0.0.1 5672",
+        "amqp://warmi:secret@rabbit.example:5673/warmi": "rabbit.example 5673",
+        "amqp://warmi@rabbit.example/warmi": "rabbit.example 5672",
+        "amqp://u:p@[::1]:5674/v": "::1 5674",
+    }
+    for url, expected in cases.items():
+        found = subprocess.run(["bash", "-c", 'source scripts/lib.sh; url_host_port "$1" 5672', "-", url],
+                               cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        assert found == expected, url
+    postgres = subprocess.run(
+        ["bash", "-c", 'source scripts/lib.sh; url_host_port "$1" 5432', "-", "postgresql+psycopg2://u@db:6432/warmi"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    assert postgres == "db 6432"
+    # no database URL naming PostgreSQL: nothing to start or wait for
+    env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
+    subprocess.run(["bash", "-c", "source scripts/lib.sh; ensure_postgres"], cwd=ROOT, env=env, check=True, timeout=10)
