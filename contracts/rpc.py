@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from datetime import timezone
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from contracts.errors import InvalidInput
+from contracts.fields import Instant, StrictBoolean, StrictInteger, StrictList, StrictString
 
 ROLES = ("focal_point", "case_lead", "president", "supervisor", "programme", "operator")
 PLACES = ("mine_site", "camp", "processing_plant", "home", "public_space", "other", "unknown")
@@ -27,65 +28,78 @@ SEXES = ("female", "male", "other", "unknown")
 
 
 class Strict(Schema):
+    """Every input schema: unknown fields are refused, and its fields are the
+    strict ones of ``contracts.fields`` (no coercion of types)."""
+
     class Meta:
         unknown = RAISE
+
+
+def _choice(choices, **kwargs) -> StrictString:
+    return StrictString(validate=validate.OneOf(choices), **kwargs)
 
 
 class CallerSchema(Strict):
     user_id = fields.UUID(required=True)
     organization_id = fields.UUID(required=True)
-    roles = fields.List(fields.String(validate=validate.OneOf(ROLES)), required=True)
-    supervised_organization_ids = fields.List(fields.UUID(), load_default=list)
+    roles = StrictList(_choice(ROLES), max_items=len(ROLES), required=True)
+    supervised_organization_ids = StrictList(fields.UUID(), max_items=1000, load_default=list)
 
 
 class OpenCaseSchema(Strict):
     """What a focal point sends to open a case. Narrative and name are optional
     and are encrypted by the cases service before they touch the disk."""
 
-    age_group = fields.String(required=True, validate=validate.OneOf(AGE_GROUPS))
-    sex = fields.String(load_default="unknown", validate=validate.OneOf(SEXES))
-    incident_at = fields.AwareDateTime(load_default=None, allow_none=True)
-    narrative = fields.String(
+    age_group = _choice(AGE_GROUPS, required=True)
+    sex = _choice(SEXES, load_default="unknown")
+    incident_at = Instant(load_default=None, allow_none=True)
+    narrative = StrictString(
         load_default=None, allow_none=True, validate=validate.Length(max=20000)
     )
-    survivor_name = fields.String(
+    survivor_name = StrictString(
         load_default=None, allow_none=True, validate=validate.Length(min=1, max=200)
     )
     organization_id = fields.UUID(load_default=None, allow_none=True)
-    idempotency_key = fields.String(
+    idempotency_key = StrictString(
         load_default=None, allow_none=True, validate=validate.Length(min=1, max=100)
     )
-    minor = fields.Boolean(load_default=False)
-    disability = fields.Boolean(load_default=None, allow_none=True)
-    place = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(PLACES))
-    perpetrator_relationship = fields.String(
-        load_default=None, allow_none=True, validate=validate.OneOf(PERPETRATOR_RELATIONSHIPS)
-    )
-    context_flags = fields.List(fields.String(validate=validate.OneOf(CONTEXT_FLAGS)), load_default=None)
+    minor = StrictBoolean(load_default=False)
+    disability = StrictBoolean(load_default=None, allow_none=True)
+    place = _choice(PLACES, load_default=None, allow_none=True)
+    perpetrator_relationship = _choice(PERPETRATOR_RELATIONSHIPS, load_default=None, allow_none=True)
+    context_flags = StrictList(_choice(CONTEXT_FLAGS), max_items=len(CONTEXT_FLAGS), load_default=None)
 
 
 class Versioned(Strict):
-    version = fields.Integer(required=True, validate=validate.Range(min=1))
+    version = StrictInteger(required=True, validate=validate.Range(min=1, max=2**31 - 1))
 
 
 class UpdateCaseSchema(Versioned):
-    age_group = fields.String(validate=validate.OneOf(AGE_GROUPS))
-    sex = fields.String(validate=validate.OneOf(SEXES))
-    incident_at = fields.AwareDateTime(allow_none=True)
-    minor = fields.Boolean()
-    disability = fields.Boolean(allow_none=True)
-    place = fields.String(allow_none=True, validate=validate.OneOf(PLACES))
-    perpetrator_relationship = fields.String(allow_none=True, validate=validate.OneOf(PERPETRATOR_RELATIONSHIPS))
-    context_flags = fields.List(fields.String(validate=validate.OneOf(CONTEXT_FLAGS)))
+    age_group = _choice(AGE_GROUPS)
+    sex = _choice(SEXES)
+    incident_at = Instant(allow_none=True)
+    minor = StrictBoolean()
+    disability = StrictBoolean(allow_none=True)
+    place = _choice(PLACES, allow_none=True)
+    perpetrator_relationship = _choice(PERPETRATOR_RELATIONSHIPS, allow_none=True)
+    context_flags = StrictList(_choice(CONTEXT_FLAGS), max_items=len(CONTEXT_FLAGS))
 
 
 class ClassifySchema(Versioned):
-    answers = fields.Dict(keys=fields.String(validate=validate.OneOf(QUESTIONS)), values=fields.Raw(), load_default=None)
-    incident_type = fields.String(load_default=None, validate=validate.OneOf(INCIDENT_TYPES))
+    answers = fields.Dict(keys=_choice(QUESTIONS), values=fields.Raw(), load_default=None)
+    incident_type = _choice(INCIDENT_TYPES, load_default=None)
+
+    @validates_schema
+    def _answers_are_booleans(self, data: dict, **kwargs) -> None:
+        # named by the question, as the classification's own errors are
+        wrong = {q: ["answer yes (true) or no (false)"] for q, a in (data.get("answers") or {}).items()
+                 if a is not True and a is not False}
+        if wrong:
+            raise ValidationError(wrong)
 
 
 class RiskSchema(Versioned):
-    risk_level = fields.String(required=True, validate=validate.OneOf(RISK_LEVELS))
+    risk_level = _choice(RISK_LEVELS, required=True)
 
 
 class AssignLeadSchema(Versioned):
@@ -97,39 +111,42 @@ class ExcludeSchema(Versioned):
 
 
 class ConsentSchema(Strict):
-    purpose = fields.String(required=True, validate=validate.OneOf(CONSENT_PURPOSES))
-    given_by = fields.String(required=True, validate=validate.OneOf(("survivor", "caregiver")))
+    purpose = _choice(CONSENT_PURPOSES, required=True)
+    given_by = _choice(("survivor", "caregiver"), required=True)
     provider_id = fields.UUID(load_default=None, allow_none=True)
-    data_shared = fields.List(fields.String(validate=validate.OneOf(DATA_CATEGORIES)), load_default=list)
-    child_assent = fields.Boolean(load_default=None, allow_none=True)
+    data_shared = StrictList(_choice(DATA_CATEGORIES), max_items=len(DATA_CATEGORIES), load_default=list)
+    child_assent = StrictBoolean(load_default=None, allow_none=True)
 
 
 class CompleteStepSchema(Strict):
-    outcome = fields.String(load_default="done", validate=validate.OneOf(("done", "declined")))
-    note = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=5000))
+    outcome = _choice(("done", "declined"), load_default="done")
+    note = StrictString(load_default=None, allow_none=True, validate=validate.Length(max=5000))
 
 
 class CloseSchema(Versioned):
-    reason = fields.String(required=True, validate=validate.OneOf(("survivor_agreed", "lost_contact")))
+    reason = _choice(("survivor_agreed", "lost_contact"), required=True)
 
 
 class ReopenSchema(Versioned):
-    reason = fields.String(required=True, validate=validate.Regexp(r"^[a-z_]{2,32}$"))
+    reason = StrictString(required=True, validate=validate.Regexp(r"[a-z_]{2,32}\Z"))
 
 
 class ListFilterSchema(Strict):
-    status = fields.String(validate=validate.OneOf(("open", "in_progress", "closed", "reopened")))
-    risk_level = fields.String(validate=validate.OneOf(RISK_LEVELS))
-    overdue = fields.Boolean()
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=100000))
-    per_page = fields.Integer(load_default=25, validate=validate.Range(min=1, max=100))
+    """The gateway turns the query string into these types (``overdue=true``
+    into ``True``); anything else it refuses."""
+
+    status = _choice(("open", "in_progress", "closed", "reopened"))
+    risk_level = _choice(RISK_LEVELS)
+    overdue = StrictBoolean()
+    page = StrictInteger(load_default=1, validate=validate.Range(min=1, max=100000))
+    per_page = StrictInteger(load_default=25, validate=validate.Range(min=1, max=100))
 
 
 class StatisticsFilterSchema(Strict):
     """Months, both included: ``from=2026-01&to=2026-03`` is the first quarter."""
 
-    from_ = fields.String(data_key="from", load_default=None, validate=validate.Regexp(r"^\d{4}-(0[1-9]|1[0-2])$"))
-    to = fields.String(load_default=None, validate=validate.Regexp(r"^\d{4}-(0[1-9]|1[0-2])$"))
+    from_ = StrictString(data_key="from", load_default=None, validate=validate.Regexp(r"\d{4}-(0[1-9]|1[0-2])\Z"))
+    to = StrictString(load_default=None, validate=validate.Regexp(r"\d{4}-(0[1-9]|1[0-2])\Z"))
 
 
 class CaseViewSchema(Schema):

@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from contracts.errors import Conflict, Forbidden, InvalidInput, NotFound, WarmiError
+from services.gateway import strict_json
 from servicekit.rpc import LOST_CONNECTION
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,11 @@ def read_json(request: Request) -> dict:
     if len(raw) > MAX_BODY_BYTES:
         raise HttpError(413, "body_too_large", f"the body may be at most {MAX_BODY_BYTES} bytes")
     try:
-        body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise HttpError(400, "invalid_json", "the body is not valid JSON") from None
+        body = strict_json.parse(raw)
+    except strict_json.NotJson as err:
+        raise HttpError(400, "invalid_json", str(err), err.fields) from None
+    except strict_json.Refused as err:
+        raise HttpError(422, "invalid_input", str(err), err.fields) from None
     if not isinstance(body, dict):
         raise HttpError(422, "invalid_input", "the body must be a JSON object", {"_schema": ["expected an object"]})
     return body

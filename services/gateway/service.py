@@ -9,7 +9,7 @@ from werkzeug.wrappers import Request, Response
 
 from servicekit.database import Database
 from servicekit.telemetry import Telemetry
-from services.gateway import identity
+from services.gateway import identity, query
 from services.gateway.api import (
     HttpError, RpcUnavailable, ask_all, call, endpoint, json_response, read_json, route, unavailable_response,
 )
@@ -88,12 +88,7 @@ class GatewayService:
     @endpoint
     def list_cases(self, request: Request) -> Response:
         principal = self._principal(request)
-        filters = {k: v for k, v in request.args.items()}
-        for number in ("page", "per_page"):
-            if number in filters:
-                filters[number] = _integer(filters[number], number)
-        if "overdue" in filters:
-            filters["overdue"] = filters["overdue"].lower() in ("1", "true", "yes")
+        filters = _query(request, integers=("page", "per_page"), booleans=("overdue",))
         return json_response(200, call(self.cases.list_cases, principal.as_caller(), filters))
 
     @route("GET", CASE)
@@ -204,7 +199,10 @@ class GatewayService:
     @endpoint
     def statistics(self, request: Request) -> Response:
         principal = self._principal(request)
-        filters = {k: v for k, v in request.args.items() if k != "format"}
+        filters = _query(request, drop=("format",))
+        if request.args.get("format", "json") not in ("json", "csv"):
+            raise HttpError(422, "invalid_input", "some query parameters are not valid",
+                            {"format": ["Must be one of: json, csv."]})
         result = call(self.cases.statistics, principal.as_caller(), filters)
         if request.args.get("format") == "csv":
             return Response(result["csv"], status=200, content_type="text/csv; charset=utf-8",
@@ -220,8 +218,8 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-def _integer(value: str, name: str) -> int:
+def _query(request: Request, **kinds) -> dict:
     try:
-        return int(value)
-    except ValueError:
-        raise HttpError(422, "invalid_input", "some fields are not valid", {name: ["Not a valid integer."]}) from None
+        return query.parameters(request.args, **kinds)
+    except query.BadQuery as err:
+        raise HttpError(422, "invalid_input", str(err), err.fields) from None

@@ -152,6 +152,9 @@ def _clinical(rule: StepRule, facts: CaseFacts) -> PlannedStep:
 
 def quarter_end(moment: datetime, timezone: str) -> datetime:
     """The last instant of the calendar quarter of ``moment`` in ``timezone``."""
+    if moment.tzinfo is None:
+        # astimezone would take the machine's own zone for it: a quarter end off by hours
+        raise ValueError("a datetime without a time zone names no instant")
     local = moment.astimezone(ZoneInfo(timezone))
     first_month_next = ((local.month - 1) // 3 + 1) * 3 + 1
     year = local.year + (1 if first_month_next > 12 else 0)

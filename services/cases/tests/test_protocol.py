@@ -91,6 +91,11 @@ def test_quarter_end_is_counted_in_the_organisations_time_zone():
     assert quarter_end(datetime(2027, 1, 1, 3, tzinfo=timezone.utc), "America/Lima").year == 2026
 
 
+def test_quarter_end_refuses_a_time_without_a_zone():
+    with pytest.raises(ValueError):
+        quarter_end(datetime(2027, 1, 1, 3), "America/Lima")
+
+
 @pytest.mark.parametrize(
     "broken",
     [
