@@ -50,6 +50,7 @@ LOST_CONNECTION = (AmqpConnectionError, AmqpChannelError, KombuOperationalError,
 DEFAULT_REPLY_PATIENCE = 20.0
 KEPT_SECONDS = 120.0
 KEPT_MAX = 1000
+FORGET_UNANSWERED_SECONDS = 600.0
 
 RPC_SETTLE_LOST = Counter(
     "warmi_rpc_settle_lost_total",
@@ -241,6 +242,23 @@ rpc = Rpc.decorator
 
 class ReplyListener(nameko_rpc.ReplyListener):
     queue_consumer = RpcQueueConsumer()
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._asked_at: OrderedDict[str, float] = OrderedDict()
+
+    def get_reply_event(self, correlation_id):
+        # nameko keeps the event of a call whose caller gave up (a timeout)
+        # forever; while a service is down that is every call
+        now = time.monotonic()
+        while self._asked_at:
+            oldest, asked_at = next(iter(self._asked_at.items()))
+            if now - asked_at < FORGET_UNANSWERED_SECONDS:
+                break
+            del self._asked_at[oldest]
+            self._reply_events.pop(oldest, None)
+        self._asked_at[correlation_id] = now
+        return super().get_reply_event(correlation_id)
 
 
 class MethodProxy(nameko_rpc.MethodProxy):

@@ -53,3 +53,13 @@ def test_a_call_whose_connection_is_cut_midway_is_answered_and_runs_once(vhost):
     finally:
         container.kill()
         proxy.close()
+
+
+def test_the_gateway_forgets_calls_nobody_waits_for_any_more(monkeypatch):
+    from servicekit import rpc as reliable_rpc
+
+    listener = reliable_rpc.ReplyListener()
+    listener.get_reply_event("given-up")
+    monkeypatch.setattr(reliable_rpc, "FORGET_UNANSWERED_SECONDS", 0.0)
+    listener.get_reply_event("new")
+    assert set(listener._reply_events) == {"new"}
