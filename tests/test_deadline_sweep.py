@@ -85,7 +85,7 @@ def test_two_processes_sweeping_10000_cases_on_one_sqlite_file_stage_each_alert_
     seed(sqlite_engines["cases"])
     sqlite_engines["cases"].dispose()  # the processes have the file to themselves
     command = [sys.executable, "-m", "tests.support.sweep_process", sqlite_database_urls["cases"],
-               NOW.isoformat(), "100", "0.002"]
+               NOW.isoformat(), "100", "0.01"]
     processes = [subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                  for _ in range(2)]
     try:
