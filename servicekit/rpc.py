@@ -129,29 +129,29 @@ class ReliableRpcConsumer(nameko_rpc.RpcConsumer):
         key = _request_key(message)
         if key is not None:
             running = self._running.get(key)
-            if running is not None:
-                payload, serializer = running.wait()
-                self._answer_again(message, key, payload, serializer)
+            answer = running.wait() if running is not None else self._take_kept(key)
+            if answer is not None:
+                self._answer_again(message, key, *answer)
                 return
-            kept = self._take_kept(key)
-            if kept is not None:
-                self._answer_again(message, key, *kept)
-                return
-        if key is not None:
             self._running[key] = Event()
         super().handle_message(body, message)
 
     def handle_result(self, message, result, exc_info):
         key = _request_key(message)
-        payload, serializer, result, exc_info = _reply_payload(message, result, exc_info)
-        sent = self._publish_reply(message, payload, serializer)
-        acked = self.queue_consumer.ack_message(message)
-        if key is not None:
-            if not (sent and acked):
+        answer = None
+        try:
+            payload, serializer, result, exc_info = _reply_payload(message, result, exc_info)
+            answer = (payload, serializer)
+            sent = self._publish_reply(message, payload, serializer)
+            acked = self.queue_consumer.ack_message(message)
+            if key is not None and not (sent and acked):
                 self._keep(key, payload, serializer)
-            running = self._running.pop(key, None)
+        except Exception as exc:  # never worth the container
+            log.error("RPC reply failed", extra={"service": self.container.service_name, "error": type(exc).__name__})
+        finally:
+            running = self._running.pop(key, None) if key is not None else None
             if running is not None:
-                running.send((payload, serializer))
+                running.send(answer)  # None: the delivery waiting on it runs itself
         return result, exc_info
 
     def _answer_again(self, message, key, payload: dict, serializer: str) -> None:
