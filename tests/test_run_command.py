@@ -132,3 +132,33 @@ def test_the_scripts_check_the_servers_that_the_urls_name():
     # no database URL naming PostgreSQL: nothing to start or wait for
     env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
     subprocess.run(["bash", "-c", "source scripts/lib.sh; ensure_postgres"], cwd=ROOT, env=env, check=True, timeout=10)
+
+
+def test_a_service_that_keeps_dying_is_started_again_ever_later_and_soon_again_after_a_good_run(monkeypatch, capsys):
+    from warmi import supervisor
+
+    class Dead:
+        pid, returncode = 4242, -9
+
+        def poll(self):
+            return self.returncode
+
+    child = supervisor.Child("cases", ["serve", "cases"])
+
+    def start():  # a process that dies at once
+        child.process, child.started_at, child.restart_at = Dead(), now, None
+
+    monkeypatch.setattr(child, "start", start)
+    child.process, child.started_at = Dead(), 0.0
+    delays = []
+    now = 1.0
+    for _ in range(7):
+        child.check(now)  # notices the death
+        delays.append(child.restart_at - now)
+        now = child.restart_at
+        child.check(now)  # starts it again, and it dies at once
+    assert delays == [1, 2, 4, 8, 16, 30, 30]
+    now += supervisor.STABLE_SECONDS  # this time it stayed up a minute
+    child.check(now)
+    assert child.restart_at - now == 1
+    assert "cases stopped unexpectedly (killed by SIGKILL); starting it again in 1s" in capsys.readouterr().err
