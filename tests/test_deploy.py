@@ -53,6 +53,9 @@ WARMI_METRICS = {
     "warmi_step_alerts_total",
     "warmi_plan_steps_overdue",
     "warmi_retention_deleted_total",
+    "warmi_rpc_replies_lost_total",
+    "warmi_rpc_settle_lost_total",
+    "warmi_rpc_replies_repeated_total",
 }
 WARMI_HISTOGRAMS = {
     "warmi_rpc_duration_seconds",
