@@ -140,5 +140,6 @@ class LoadGenerator:
         """Answers a client should never see under these faults: anything but
         201, 503 with Retry-After, or no answer at all (refused, dropped, timed out)."""
         return Counter(
-            {label: n for label, n in self.answer_counts().items() if label[0].isdigit() and label not in ("201", "503")}
+            {label: n for label, n in self.answer_counts().items()
+             if label[0].isdigit() and label not in ("201", "503")}
         )

@@ -27,7 +27,9 @@ SERVICES = ("cases", "notifications", "referrals", "gateway")
 
 # what the parent's environment may say about where things are; the stack sets
 # each of these itself, so a developer's shell cannot point a test elsewhere
-_OWNED_SUFFIXES = ("DATABASE_URL", "_METRICS_ADDRESS", "_EVENT_RETRY_DELAYS", "_ENCRYPTION_KEYS", "_ENCRYPTION_KEYS_FILE")
+_OWNED_SUFFIXES = (
+    "DATABASE_URL", "_METRICS_ADDRESS", "_EVENT_RETRY_DELAYS", "_ENCRYPTION_KEYS", "_ENCRYPTION_KEYS_FILE",
+)
 _OWNED = {"AMQP_URI", "OUTBOX_AMQP_URI", "GATEWAY_ADDRESS", "SMTP_URL", "WARMI_HOME", "LOG_LEVEL",
           "CASES_SWEEP_INTERVAL_SECONDS", "MAIL_FROM", "WARMI_PUBLIC_URL"}
 
