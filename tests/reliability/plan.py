@@ -14,6 +14,7 @@ KILLS = ["kill-cases", "kill-notifications", "kill-referrals", "kill-gateway"]
 CUTS_BOUNDED = ["cut-cases", "cut-notifications"]
 CUTS_LONG = CUTS_BOUNDED + ["cut-gateway", "cut-referrals"]
 OTHERS = ["broker-restart", "poison"]
+OTHERS_LONG = OTHERS + ["broker-crash"]  # the node killed with SIGKILL, not stopped
 
 # Retries of a failed event, shortened for the tests. Notifications' last try
 # still waits 60 s, as the production schedule (2, 10, 60 s...) outlasts the
@@ -53,7 +54,7 @@ class Plan:
 
     def matrix(self) -> list[tuple[str, str]]:
         if self.long:
-            return [(f, b) for f in KILLS + CUTS_LONG + OTHERS for b in ("postgresql", "sqlite")]
+            return [(f, b) for f in KILLS + CUTS_LONG + OTHERS_LONG for b in ("postgresql", "sqlite")]
         faults = KILLS + CUTS_BOUNDED + OTHERS
         return [(f, "postgresql" if n % 2 else "sqlite") for n, f in enumerate(faults)]
 

@@ -3,7 +3,8 @@
 In the spirit of RabbitMQ's Jepsen tests: the four services run as OS
 processes, clients open cases through the gateway at a steady pace, the
 deadline sweep fires an alert for each new case, and one fault strikes in the
-middle: a service killed with SIGKILL and restarted, the broker restarted, one
+middle: a service killed with SIGKILL and restarted, the broker restarted (or,
+with ``--long``, killed and started again), one
 service's broker connection cut and restored, or poison messages in the
 consumer queues. After a quiet period the checker counts what the databases
 and the mail folder hold against what the clients were told.
@@ -42,9 +43,9 @@ def through(proxy: CuttableProxy, amqp_uri: str) -> str:
 def test_nothing_lost_nothing_twice_nothing_down(
     fault, database, repetition, plan, request, tmp_path, smtp, encryption_key
 ):
-    kind, _, target = fault.partition("-")  # kill-cases, cut-notifications, broker-restart, poison
+    kind, _, target = fault.partition("-")  # kill-cases, cut-notifications, broker-restart|crash, poison
     node = vhost_name = None
-    if fault == "broker-restart":
+    if kind == "broker":
         node = request.getfixturevalue("rabbit_node")
         vhost_name = f"faults-{uuid.uuid4().hex[:8]}"
         amqp_uri = node.add_vhost(vhost_name)
@@ -93,8 +94,8 @@ def _run(fault, kind, target, database, plan, stack, node, proxy, amqp_uri, engi
             proxy.cut()
             eventlet.sleep(plan.down)
             proxy.restore()
-        elif fault == "broker-restart":
-            node.restart(down_seconds=plan.down)
+        elif kind == "broker":
+            node.restart(down_seconds=plan.down, hard=target == "crash")
         elif fault == "poison":
             poisoned_at = poisoned_at or load.elapsed()
             poison.update(deliver_poison(amqp_uri))
