@@ -4,9 +4,8 @@ In the spirit of RabbitMQ's Jepsen tests: the four services run as OS
 processes, clients open cases through the gateway at a steady pace, the
 deadline sweep fires an alert for each new case, and one fault strikes in the
 middle: a service killed with SIGKILL and restarted, the broker restarted (or,
-with ``--long``, killed and started again), one
-service's broker connection cut and restored, or poison messages in the
-consumer queues. After a quiet period the checker counts what the databases
+with ``--long``, also killed and started again), one service's broker
+connection cut and restored, or poison messages in the consumer queues. After a quiet period the checker counts what the databases
 and the mail folder hold against what the clients were told.
 """
 from __future__ import annotations
