@@ -27,7 +27,6 @@ RETRY_AFTER_SECONDS = "5"
 UNAVAILABLE_REMOTE = frozenset({"Unavailable", "ServiceUnavailable", "OperationalError", "DisconnectionError"})
 
 
-
 class HttpError(Exception):
     def __init__(self, status: int, code: str, message: str, fields: dict | None = None, headers: dict | None = None):
         super().__init__(message)
