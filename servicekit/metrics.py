@@ -50,6 +50,19 @@ EVENT_REJECTED = Counter(
 UNROUTED = Gauge(
     "warmi_events_unrouted_messages", "Events that no queue was bound to take, waiting in the unrouted queue", ["service"]
 )
+SETTLE_LOST = Counter(
+    "warmi_settle_lost_total",
+    "Acks and requeues let go because the broker connection had died (the broker delivers again)",
+    ["service", "kind", "action"],
+)  # kind: rpc, event; action: ack, requeue
+RPC_REPLIES_LOST = Counter(
+    "warmi_rpc_replies_lost_total", "RPC replies that could not be published before giving up", ["service"]
+)
+RPC_REPLIES_REPEATED = Counter(
+    "warmi_rpc_replies_repeated_total",
+    "Requests delivered again and answered with the answer already computed instead of running twice",
+    ["service"],
+)
 EVENT_DUPLICATES = Counter(
     "warmi_event_duplicates_total", "Event deliveries skipped as already handled", ["service", "event_type"]
 )

@@ -34,22 +34,20 @@ Raise ``PermanentFailure`` for a message that no retry can fix.
 from __future__ import annotations
 
 import logging
-import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
 
 import eventlet
-from amqp.exceptions import ChannelError, ConnectionError as AmqpConnectionError
 from kombu import Connection, Queue
 from kombu.pools import producers
 from marshmallow import ValidationError
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.events import SERVICE_POOL, EventHandler
-from nameko.messaging import QueueConsumer
 
 from contracts.events import load_event
 from servicekit import metrics
+from servicekit.amqp import SettlingQueueConsumer
 from servicekit.topology import DEAD_SUFFIX, Topology, handler_queue
 
 log = logging.getLogger(__name__)
@@ -60,8 +58,6 @@ ERROR_HEADER = "x-warmi-error"
 REASON_HEADER = "x-warmi-reason"
 FAILED_AT_HEADER = "x-warmi-failed-at"
 PUBLISH_TIMEOUT = 5.0
-# what an ack or requeue on a connection that died raises
-LOST_CONNECTION = (AmqpConnectionError, ChannelError, OSError, socket.error)
 
 
 class PermanentFailure(Exception):
@@ -107,11 +103,13 @@ def declare_retry_topology(connection: Connection, queue_name: str, policy: Retr
     dead_letter_queue(queue_name)(channel).declare()
 
 
-class EventQueueConsumer(QueueConsumer):
+class EventQueueConsumer(SettlingQueueConsumer):
     """nameko's queue consumer for event handlers, with two changes: a message
     that cannot be decoded is handed to its handler's ``reject`` instead of
     stopping the container, and an ack or requeue on a connection that died
     is let go (the broker has already put the message back)."""
+
+    kind = "event"
 
     def get_consumers(self, consumer_cls, channel):
         for provider in self._providers:
@@ -130,20 +128,6 @@ class EventQueueConsumer(QueueConsumer):
         self.container.spawn_managed_thread(
             partial(provider.reject, message, "undecodable", type(exc).__name__), identifier="reject-undecodable"
         )
-
-    def ack_message(self, message) -> None:
-        try:
-            super().ack_message(message)
-        except LOST_CONNECTION as exc:
-            log.warning("ack lost with the broker connection; the message will be redelivered",
-                        extra={"error": type(exc).__name__, "message_id": message.properties.get("message_id")})
-
-    def requeue_message(self, message) -> None:
-        try:
-            super().requeue_message(message)
-        except LOST_CONNECTION as exc:
-            log.warning("requeue lost with the broker connection; the message will be redelivered",
-                        extra={"error": type(exc).__name__, "message_id": message.properties.get("message_id")})
 
 
 class ReliableEventHandler(EventHandler):

@@ -10,8 +10,9 @@ ack of a reply. Here:
 - the reply is published with patience (``RPC_REPLY_PATIENCE`` seconds of
   tries across reconnects); if it still cannot go, it is counted and logged,
   and the container lives on;
-- an ack or requeue on a dead connection is let go, logged and counted: the
-  broker has already put the request back, and it is delivered again;
+- an ack or requeue on a dead connection is let go, logged and counted
+  (``servicekit.amqp``): the broker has already put the request back, and it
+  is delivered again;
 - a request delivered again whose answer this process already computed (the
   ack or the reply was lost) is answered with that answer, not run a second
   time. If the first run is still going, the second delivery waits for it.
@@ -28,44 +29,23 @@ from collections import OrderedDict
 
 import eventlet
 import kombu.serialization
-from amqp.exceptions import ChannelError as AmqpChannelError
-from amqp.exceptions import ConnectionError as AmqpConnectionError
 from eventlet.event import Event
-from kombu.exceptions import OperationalError as KombuOperationalError
 from nameko import rpc as nameko_rpc
 from nameko.amqp.publish import Publisher
 from nameko.constants import (
     AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY, LOGIN_METHOD_CONFIG_KEY,
 )
 from nameko.exceptions import UnserializableValueError, serialize
-from nameko.messaging import QueueConsumer
-from prometheus_client import Counter
+
+from servicekit.amqp import LOST_CONNECTION, SettlingQueueConsumer
+from servicekit.metrics import RPC_REPLIES_LOST, RPC_REPLIES_REPEATED
 
 log = logging.getLogger(__name__)
-
-# what a publish, an ack or a consume raises when the broker is gone or the
-# connection was cut: py-amqp's own errors are not the builtin ConnectionError
-LOST_CONNECTION = (AmqpConnectionError, AmqpChannelError, KombuOperationalError, OSError)
 
 DEFAULT_REPLY_PATIENCE = 20.0
 KEPT_SECONDS = 120.0
 KEPT_MAX = 1000
 FORGET_UNANSWERED_SECONDS = 600.0
-
-RPC_SETTLE_LOST = Counter(
-    "warmi_rpc_settle_lost_total",
-    "RPC acks and requeues let go because the broker connection had died (the broker delivers again)",
-    ["service", "action"],
-)
-RPC_REPLIES_LOST = Counter(
-    "warmi_rpc_replies_lost_total", "RPC replies that could not be published before giving up", ["service"]
-)
-RPC_REPLIES_REPEATED = Counter(
-    "warmi_rpc_replies_repeated_total",
-    "Requests delivered again and answered with the answer already computed instead of running twice",
-    ["service"],
-)
-
 
 class _PatientConnection:
     """Connection options for one try: fail fast, the caller loops."""
@@ -84,34 +64,11 @@ class _RequestPublisher(_PatientConnection, Publisher):
     transport_options = dict(_PatientConnection.transport_options)
 
 
-class RpcQueueConsumer(QueueConsumer):
+class RpcQueueConsumer(SettlingQueueConsumer):
     """nameko's queue consumer for RPC requests and replies, whose ack and
     requeue survive a dead connection."""
 
-    def ack_message(self, message) -> bool:
-        return self._settle(message, "ack")
-
-    def requeue_message(self, message) -> bool:
-        return self._settle(message, "requeue")
-
-    def _settle(self, message, action: str) -> bool:
-        service = self.container.service_name
-        try:
-            if message.channel is not None and message.channel.connection:
-                getattr(message, action)()
-                return True
-            error = "ConnectionClosed"
-        except LOST_CONNECTION as exc:
-            error = type(exc).__name__
-        except Exception as exc:  # never worth the container
-            log.error("RPC %s failed", action, extra={"service": service, "error": type(exc).__name__})
-            return False
-        RPC_SETTLE_LOST.labels(service, action).inc()
-        log.warning(
-            "RPC %s lost with the broker connection; the broker delivers the message again", action,
-            extra={"service": service, "error": error},
-        )
-        return False
+    kind = "rpc"
 
 
 class ReliableRpcConsumer(nameko_rpc.RpcConsumer):

@@ -54,7 +54,7 @@ WARMI_METRICS = {
     "warmi_plan_steps_overdue",
     "warmi_retention_deleted_total",
     "warmi_rpc_replies_lost_total",
-    "warmi_rpc_settle_lost_total",
+    "warmi_settle_lost_total",
     "warmi_rpc_replies_repeated_total",
 }
 WARMI_HISTOGRAMS = {
