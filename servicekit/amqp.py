@@ -56,3 +56,12 @@ class SettlingQueueConsumer(QueueConsumer):
             extra={"service": service, "error": error, "message_id": message.properties.get("message_id")},
         )
         return False
+
+
+def close_quietly(channel) -> None:
+    """Close a channel the broker may have closed already (after a passive
+    declare of a missing queue, or a refused declaration)."""
+    try:
+        channel.close()
+    except Exception:
+        pass

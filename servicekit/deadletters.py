@@ -9,6 +9,7 @@ from amqp.exceptions import NotFound
 from kombu import Connection
 from nameko.events import EventHandler
 
+from servicekit.amqp import close_quietly
 from servicekit.reliable_events import (
     ATTEMPT_HEADER, ERROR_HEADER, FAILED_AT_HEADER, ORIGIN_HEADER, REASON_HEADER, ReliableEventHandler, republish,
 )
@@ -84,7 +85,7 @@ def list_dead_letters(amqp_uri: str, handler_queue_names: list[str] | None = Non
                         break
                     found.append(_dead_letter(queue, _KombuLike(message)))
             finally:
-                _close(channel)  # unacked messages go back to the queue
+                close_quietly(channel)  # unacked messages go back to the queue
     return found
 
 
@@ -119,7 +120,7 @@ def replay(amqp_uri: str, handler_queue_names: list[str] | None = None, message_
                     channel.basic_ack(raw.delivery_tag)
                     replayed += 1
             finally:
-                _close(channel)
+                close_quietly(channel)
     return replayed
 
 
@@ -130,13 +131,6 @@ def _depth(channel, queue: str) -> int:
     except NotFound:
         return 0
     return count
-
-
-def _close(channel) -> None:
-    try:
-        channel.close()
-    except Exception:  # already closed by the broker after a passive miss
-        pass
 
 
 class _KombuLike:

@@ -48,7 +48,7 @@ from nameko.events import SERVICE_POOL, EventHandler
 from contracts.events import load_event
 from servicekit import metrics
 from servicekit.amqp import SettlingQueueConsumer
-from servicekit.topology import DEAD_SUFFIX, Topology, handler_queue
+from servicekit.topology import DEAD_SUFFIX, Topology, handler_queue, is_catalogued
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,6 @@ class RetryPolicy:
         return cls(tuple(float(d) for d in delays))
 
 
-def dead_letter_queue(queue_name: str) -> Queue:
-    return Queue(queue_name + DEAD_SUFFIX, durable=True, no_declare=False)
-
-
 def wait_queue(queue_name: str, delay: float) -> Queue:
     millis = max(1, int(delay * 1000))
     return Queue(
@@ -96,11 +92,12 @@ def wait_queue(queue_name: str, delay: float) -> Queue:
     )
 
 
-def declare_retry_topology(connection: Connection, queue_name: str, policy: RetryPolicy) -> None:
+def declare_wait_queues(connection: Connection, queue_name: str, policy: RetryPolicy) -> None:
+    """The wait queues of this service's retry delays (the handler's queue and
+    its dead-letter queue come with the topology)."""
     channel = connection.default_channel
     for delay in policy.delays:
         wait_queue(queue_name, delay)(channel).declare()
-    dead_letter_queue(queue_name)(channel).declare()
 
 
 class EventQueueConsumer(SettlingQueueConsumer):
@@ -144,6 +141,10 @@ class ReliableEventHandler(EventHandler):
     def setup(self) -> None:
         super().setup()
         consumer = f"{self.container.service_name}.{self.method_name}"
+        if not is_catalogued(self.source_service, self.event_type, consumer):
+            # its queue would not exist before the first event is published
+            raise ValueError(f"{consumer} consumes {self.source_service}.{self.event_type}, "
+                             "which the event catalogue (contracts/events.py) does not say")
         # the catalogue's queue, on the exchange with its alternate exchange
         self.queue = handler_queue(self.source_service, self.event_type, consumer)
         self.queue.exchange.no_declare = True
@@ -151,8 +152,7 @@ class ReliableEventHandler(EventHandler):
         self.amqp_uri = self.container.config[AMQP_URI_CONFIG_KEY]
         self.topology.ensure()
         with Connection(self.amqp_uri) as conn:
-            self.queue(conn.default_channel).declare()
-            declare_retry_topology(conn, self.queue.name, self.policy)
+            declare_wait_queues(conn, self.queue.name, self.policy)
 
     def handle_message(self, body, message) -> None:
         try:

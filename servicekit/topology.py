@@ -19,6 +19,7 @@ from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.extensions import SharedExtension
 
 from contracts.events import CATALOGUE
+from servicekit.amqp import close_quietly
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,9 @@ def consumer_queues() -> list[Queue]:
     ]
 
 
-def dead_letter_queue_names() -> list[str]:
-    return sorted(q.name + DEAD_SUFFIX for q in consumer_queues())
+def is_catalogued(source: str, event_type: str, consumer: str) -> bool:
+    event = CATALOGUE.get(event_type)
+    return event is not None and event.source == source and consumer in event.consumers
 
 
 def declare(connection: Connection) -> None:
@@ -80,7 +82,7 @@ def declare(connection: Connection) -> None:
             queue(channel).declare()
             Queue(queue.name + DEAD_SUFFIX, durable=True)(channel).declare()
     finally:
-        _close(channel)
+        close_quietly(channel)
 
 
 def _declare_exchange(connection: Connection, channel, exchange: Exchange):
@@ -95,13 +97,6 @@ def _declare_exchange(connection: Connection, channel, exchange: Exchange):
         channel.exchange_delete(exchange.name)
         exchange(channel).declare()
         return channel
-
-
-def _close(channel) -> None:
-    try:
-        channel.close()
-    except Exception:  # the broker may have closed it already
-        pass
 
 
 class Topology(SharedExtension):

@@ -3,7 +3,9 @@ published, and an event nobody is bound to take waits in ``unrouted``."""
 import json
 import uuid
 
+import pytest
 from kombu import Connection
+from nameko.containers import ServiceContainer
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -11,6 +13,7 @@ from sqlalchemy.orm import Session
 from contracts.events import CATALOGUE
 from servicekit import outbox
 from servicekit.deadletters import list_dead_letters, replay
+from servicekit.reliable_events import event_consumer
 from servicekit.topology import UNROUTED_QUEUE, handler_queue_name
 from services.cases.adapters import orm
 from tests.conftest import wait_until
@@ -101,3 +104,17 @@ def test_an_event_no_queue_is_bound_to_lands_in_unrouted_and_is_counted(stack, c
     assert replay(stack.amqp_uri, message_id=stray["event_id"]) == 1
     wait_until(lambda: [m["event_id"] for m in drain(stack.amqp_uri, UNROUTED_QUEUE)] == [stray["event_id"]],
                message="the replayed event back in unrouted")
+
+
+def test_a_consumer_the_catalogue_does_not_name_refuses_to_start(vhost):
+    class Archive:
+        name = "archive"
+
+        @event_consumer("cases", "case_opened")
+        def handle_case_opened(self, event):
+            pass
+
+    container = ServiceContainer(Archive, {"AMQP_URI": vhost})
+    with pytest.raises(ValueError, match="archive.handle_case_opened"):
+        container.start()
+    container.kill()
