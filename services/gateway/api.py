@@ -16,7 +16,7 @@ from werkzeug.wrappers import Request, Response
 
 from contracts.errors import Conflict, Forbidden, InvalidInput, NotFound, WarmiError
 from services.gateway import strict_json
-from servicekit.rpc import LOST_CONNECTION
+from servicekit.amqp import LOST_CONNECTION
 
 log = logging.getLogger(__name__)
 
