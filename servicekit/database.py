@@ -6,16 +6,24 @@ The engine is a ``SharedExtension`` so that every provider of a container
 from __future__ import annotations
 
 import logging
+import time
 
 from nameko.extensions import DependencyProvider, SharedExtension
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
 from servicekit.config import database_url
 
 log = logging.getLogger(__name__)
+
+# A pooled PostgreSQL connection idle longer than this is tested before use;
+# one in steady use is not (a round trip per transaction, see below).
+IDLE_PING_SECONDS = 10.0
+# ... and none is kept longer than this (a server or proxy drops old ones).
+RECYCLE_SECONDS = 1800
 
 
 def normalize_url(url: str) -> str:
@@ -55,9 +63,43 @@ def make_engine(url: str, *, green: bool = False) -> Engine:
 
         patch_psycopg()
     # values_plus_batch: executemany UPDATEs go out in pages, not one round trip a row
-    return create_engine(
-        url, pool_size=10, max_overflow=10, pool_pre_ping=True, executemany_mode="values_plus_batch"
+    engine = create_engine(
+        url, pool_size=10, max_overflow=10, pool_recycle=RECYCLE_SECONDS, executemany_mode="values_plus_batch"
     )
+    ping_when_idle(engine)
+    return engine
+
+
+def ping_when_idle(engine: Engine) -> None:
+    """Test a pooled connection before use only when it sat idle.
+
+    ``pool_pre_ping`` costs a round trip at the start of every transaction,
+    under load the same as the work itself. A connection in steady use has
+    just proved itself; one that sat in the pool (through a database restart,
+    say) is pinged, and a dead one is replaced before the transaction starts:
+    raising ``DisconnectionError`` at checkout makes the pool open a fresh
+    connection. A disconnect met mid-transaction still fails that unit of
+    work, and SQLAlchemy then replaces every connection of the pool.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _idle_since(dbapi_conn, record):
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_conn, record, proxy):
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < IDLE_PING_SECONDS:
+            return
+        try:
+            cursor = dbapi_conn.cursor()
+            try:
+                cursor.execute("SELECT 1")
+            finally:
+                cursor.close()
+            dbapi_conn.rollback()  # psycopg2 opened a transaction for the ping
+        except Exception as exc:
+            raise DisconnectionError(type(exc).__name__) from None
 
 
 def is_postgres(engine: Engine) -> bool:
