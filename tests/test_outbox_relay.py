@@ -118,3 +118,80 @@ def test_a_publish_failing_on_the_third_row_leaves_the_two_before_it_published_o
             ids.append(json.loads(message.body)["event_id"])
         channel.close()
     assert ids == [e["event_id"] for e in envelopes]  # each exactly once, in order
+
+
+def test_a_row_the_broker_returns_stays_pending_and_the_rows_around_it_are_published(vhost, backend_engines):
+    """One batch, one confirm wait: the broker returns the middle row (no
+    queue at all took it); the two it confirmed are marked, the returned one
+    goes out on the next pass, once the relay has declared ``unrouted`` again."""
+    engine = backend_engines["cases"]
+
+    def envelope(n):
+        return build_event(
+            "case_opened", organization_id="0c9a3c1e-5f0b-4f7e-8d3a-6b2e1f4c9d70",
+            case_id="5e1d7c2a-9b3f-4e68-a0d4-c7f2b8e91a36",
+            data={"survivor_code": f"CEC-2026-{n:04d}", "opened_by": "a3f9e2c1-7b4d-4c8e-9f1a-2d6b5e0c8f47",
+                  "opened_at": datetime(2026, 11, 20, 14, 5, tzinfo=timezone.utc)},
+        )
+
+    relay = outbox.Relay(engine, orm.outbox, vhost, "cases")
+    try:
+        with Session(engine) as session:
+            outbox.stage(session, orm.outbox, envelope(0), source="cases")
+            session.commit()
+        assert relay.relay_once() == 1  # connected, topology declared
+        with Connection(vhost) as conn:
+            conn.default_channel.queue_delete("unrouted")
+        first, stray, last = envelope(1), envelope(2), envelope(3)
+        stray["type"] = "nobody_listens"  # no binding, and now no alternate queue either
+        with Session(engine) as session:
+            outbox.stage_many(session, orm.outbox, [first, stray, last], source="cases")
+            session.commit()
+
+        try:
+            relay.relay_once()
+        except outbox.Unroutable:
+            pass
+        else:
+            raise AssertionError("the returned row should have been reported")
+
+        with engine.connect() as conn:
+            rows = dict(conn.execute(text("SELECT event_id, published_at IS NOT NULL FROM outbox")).all())
+            assert conn.execute(text("SELECT count(*) FROM outbox WHERE claim IS NOT NULL")).scalar() == 0
+        assert rows[first["event_id"]] and rows[last["event_id"]]
+        assert not rows[stray["event_id"]]
+
+        assert relay.relay_once() == 1  # reconnected, declared: it waits in unrouted now
+        with Connection(vhost) as conn:
+            message = conn.default_channel.basic_get("unrouted", no_ack=True)
+        assert json.loads(message.body)["event_id"] == stray["event_id"]
+    finally:
+        relay.close()
+
+
+def test_the_relay_is_woken_by_a_commit_that_staged_events_and_by_nothing_else(backend_engines):
+    import threading
+
+    from sqlalchemy.orm import sessionmaker
+
+    sessions = sessionmaker(backend_engines["cases"])
+    wake = threading.Event()
+    outbox.wake_on_commit(sessions, wake)
+    envelope = build_event(
+        "case_opened", organization_id="0c9a3c1e-5f0b-4f7e-8d3a-6b2e1f4c9d70",
+        case_id="5e1d7c2a-9b3f-4e68-a0d4-c7f2b8e91a36",
+        data={"survivor_code": "CEC-2026-0001", "opened_by": "a3f9e2c1-7b4d-4c8e-9f1a-2d6b5e0c8f47",
+              "opened_at": datetime(2026, 11, 20, 14, 5, tzinfo=timezone.utc)},
+    )
+    with sessions() as session:
+        session.execute(text("SELECT count(*) FROM outbox"))
+        session.commit()  # a read: nothing to relay
+        assert not wake.is_set()
+        outbox.stage(session, orm.outbox, envelope, source="cases")
+        session.rollback()  # the row went with the transaction
+        session.commit()
+        assert not wake.is_set()
+        outbox.stage(session, orm.outbox, envelope, source="cases")
+        assert not wake.is_set()  # not before it is durable
+        session.commit()
+        assert wake.is_set()
