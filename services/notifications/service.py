@@ -22,18 +22,34 @@ from services.notifications.service_layer.unit_of_work import UnitOfWork
 
 
 class Channels(DependencyProvider):
-    """The senders, one per channel, made once from configuration."""
+    """The senders, one per channel, made once from configuration and shared
+    by every worker of the container. The e-mail sender keeps up to one open
+    SMTP connection per worker (``max_workers``), closed when the container
+    stops."""
 
     def setup(self) -> None:
         config = self.container.config
         self.senders = {
-            "email": EmailSender(config.get("SMTP_URL") or "smtp://127.0.0.1:8025", config.get("MAIL_FROM") or "warmi@localhost")
+            "email": EmailSender(
+                config.get("SMTP_URL") or "smtp://127.0.0.1:8025",
+                config.get("MAIL_FROM") or "warmi@localhost",
+                pool_size=self.container.max_workers,
+            )
         }
         self.renderer = Renderer()
         self.public_url = config.get("PUBLIC_URL") or "http://127.0.0.1:8000"
 
     def get_dependency(self, worker_ctx) -> "Channels":
         return self
+
+    def stop(self) -> None:
+        """Say goodbye (QUIT) on every idle connection."""
+        for sender in self.senders.values():
+            sender.close()
+
+    def kill(self) -> None:
+        for sender in self.senders.values():
+            sender.close(polite=False)
 
 
 def record_outcome(channel: str, outcome: str) -> None:
