@@ -7,10 +7,13 @@ from enum import Enum
 
 class DeliveryStatus(str, Enum):
     PENDING = "pending"
-    SENDING = "sending"
+    SENDING = "sending"  # claimed by one worker until its claim expires
     SENT = "sent"
     FAILED = "failed"  # this try failed; the event will be tried again or dead-lettered
     CANCELLED = "cancelled"  # the recipient left before it could be sent
+
+
+FINISHED = (DeliveryStatus.SENT, DeliveryStatus.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,27 @@ class Recipient:
     channel: str
     address: str
     locale: str
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery this worker holds the claim on, so that it alone sends it.
+    ``recipient`` is None when the recipient is gone: the delivery is then
+    cancelled."""
+
+    recipient_id: str
+    channel: str
+    recipient: Recipient | None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """How sending one claimed delivery ended."""
+
+    recipient_id: str
+    channel: str
+    status: DeliveryStatus  # SENT, FAILED or CANCELLED
+    error: str | None = None  # the exception's class name: never its text
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,39 @@
-"""Recipients, deliveries and the inbox of the notifications service."""
+"""Recipients, deliveries and the inbox of the notifications service.
+
+The statements a delivery needs, few and whole-event at a time: one query for
+the event's state (handled? planned?), one for the recipients and their
+organisation's time zone, one insert that plans a new event's deliveries
+already claimed, one update that records every outcome. The unit of work
+never commits by itself: the handler says where each transaction ends.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, bindparam, exists, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from servicekit import inbox
 from services.notifications.adapters import orm
-from services.notifications.domain.model import DeliveryStatus, Recipient
+from services.notifications.domain.model import Attempt, DeliveryStatus, Recipient
 
 CLAIM_SECONDS = 60
 
+
+@dataclass(frozen=True)
+class EventState:
+    handled: bool  # recorded in the inbox: nothing to do
+    planned: bool  # some delivery of it exists: an earlier try, or a copy of the event, planned it
+
+
+@dataclass(frozen=True)
+class PlannedDelivery:
+    recipient_id: str
+    channel: str
+    status: DeliveryStatus
+    recipient: Recipient | None  # None: the recipient is gone
 
 
 class UnitOfWork:
@@ -26,10 +47,6 @@ class UnitOfWork:
         if updated.rowcount == 0:
             self.session.execute(insert(t).values(id=organization_id, timezone=timezone_name))
 
-    def organization_timezone(self, organization_id: str) -> str | None:
-        t = orm.organizations
-        return self.session.execute(select(t.c.timezone).where(t.c.id == organization_id)).scalar()
-
     def upsert_recipient(self, r: Recipient) -> None:
         t = orm.recipients
         values = dict(
@@ -40,12 +57,18 @@ class UnitOfWork:
         if updated.rowcount == 0:
             self.session.execute(insert(t).values(user_id=r.user_id, **values))
 
-    def recipients(self, organization_id: str) -> list[Recipient]:
-        t = orm.recipients
+    def recipients_with_timezone(self, organization_id: str) -> tuple[list[Recipient], str | None]:
+        """The organisation's active recipients and its time zone, in one
+        query (None for the zone when there is no recipient, or no zone)."""
+        r, o = orm.recipients, orm.organizations
         rows = self.session.execute(
-            select(t).where(t.c.organization_id == organization_id, t.c.active == 1).order_by(t.c.user_id)
+            select(r, o.c.timezone)
+            .select_from(r.outerjoin(o, o.c.id == r.c.organization_id))
+            .where(r.c.organization_id == organization_id, r.c.active == 1)
+            .order_by(r.c.user_id)
         ).all()
-        return [Recipient(r.user_id, r.organization_id, r.role, r.channel, r.address, r.locale) for r in rows]
+        people = [Recipient(x.user_id, x.organization_id, x.role, x.channel, x.address, x.locale) for x in rows]
+        return people, (rows[0].timezone if rows else None)
 
     def recipient(self, user_id: str) -> Recipient | None:
         t = orm.recipients
@@ -53,57 +76,88 @@ class UnitOfWork:
         return Recipient(r.user_id, r.organization_id, r.role, r.channel, r.address, r.locale) if r else None
 
     # -- inbox ------------------------------------------------------------
-    def handled(self, event_id: str, handler: str) -> bool:
-        return inbox.seen(self.session, orm.processed_events, event_id, handler)
+    def event_state(self, event_id: str, handler: str) -> EventState:
+        """Whether the event is handled, and whether any delivery of it was
+        planned, in one query."""
+        p, d = orm.processed_events, orm.deliveries
+        row = self.session.execute(
+            select(
+                exists().where(p.c.event_id == event_id, p.c.handler == handler).label("handled"),
+                exists().where(d.c.event_id == event_id).label("planned"),
+            )
+        ).one()
+        return EventState(handled=bool(row.handled), planned=bool(row.planned))
 
-    def mark_handled(self, event_id: str, handler: str) -> None:
+    def mark_handled(self, event_id: str, handler: str) -> bool:
+        """Record the event as handled. False if a concurrent copy of it did
+        so first: the whole transaction is then rolled back and the caller
+        does its other writes again (this spares a savepoint every time)."""
         try:
-            with self.session.begin_nested():
-                inbox.record(self.session, orm.processed_events, event_id, handler)
+            inbox.record(self.session, orm.processed_events, event_id, handler)
         except IntegrityError:
-            pass  # a concurrent copy of the same event got there first
+            self.session.rollback()
+            return False
+        return True
 
     # -- deliveries -------------------------------------------------------
-    def plan_delivery(self, *, event: dict, recipient: Recipient, now: datetime) -> None:
-        """Create the delivery row once per (event, recipient, channel)."""
+    def plan_claimed(self, *, event: dict, recipients: list[Recipient], now: datetime) -> bool:
+        """Create the deliveries of a brand-new event, already claimed by this
+        worker (sending, first attempt), in one statement. False if any of
+        them exists (a concurrent copy of the event planned it): the unique
+        (event, recipient, channel) key refused the rows, nothing is written,
+        and the whole transaction is rolled back."""
+        if not recipients:
+            return True
+        try:
+            self.session.execute(insert(orm.deliveries), [_claimed_row(event, r, now) for r in recipients])
+        except IntegrityError:
+            self.session.rollback()
+            return False
+        return True
+
+    def plan_delivery(self, *, event: dict, recipient: Recipient, now: datetime) -> bool:
+        """Create one delivery, claimed by this worker, unless it exists (a
+        concurrent copy of the event planned it first: False). A savepoint
+        keeps the rest of the transaction either way."""
         try:
             with self.session.begin_nested():
-                self.session.execute(
-                    insert(orm.deliveries).values(
-                        event_id=str(event["event_id"]),
-                        event_type=event["type"],
-                        organization_id=str(event["organization_id"]),
-                        case_id=str(event["case_id"]) if event.get("case_id") else None,
-                        recipient_id=recipient.user_id,
-                        recipient_role=recipient.role,
-                        channel=recipient.channel,
-                        status=DeliveryStatus.PENDING.value,
-                        attempts=0,
-                        created_at=now,
-                    )
-                )
+                self.session.execute(insert(orm.deliveries).values(**_claimed_row(event, recipient, now)))
         except IntegrityError:
-            pass  # planned by an earlier try of this event
+            return False
+        return True
 
-    def unsent(self, event_id: str) -> list:
-        t = orm.deliveries
-        return self.session.execute(
-            select(t)
-            .where(
-                t.c.event_id == event_id,
-                t.c.status.notin_([DeliveryStatus.SENT.value, DeliveryStatus.CANCELLED.value]),
-            )
-            .order_by(t.c.id)
+    def deliveries_of(self, event_id: str) -> list[PlannedDelivery]:
+        """Every delivery planned for the event, with its recipient as known
+        now (None if gone), in the order they were planned."""
+        d, r = orm.deliveries, orm.recipients
+        rows = self.session.execute(
+            select(d.c.recipient_id, d.c.channel, d.c.status, r.c.organization_id, r.c.role, r.c.address, r.c.locale)
+            .select_from(d.outerjoin(r, r.c.user_id == d.c.recipient_id))
+            .where(d.c.event_id == event_id)
+            .order_by(d.c.id)
         ).all()
+        return [
+            PlannedDelivery(
+                x.recipient_id,
+                x.channel,
+                DeliveryStatus(x.status),
+                Recipient(x.recipient_id, x.organization_id, x.role, x.channel, x.address, x.locale)
+                if x.address is not None
+                else None,
+            )
+            for x in rows
+        ]
 
-    def claim(self, delivery_id: int, now: datetime) -> bool:
-        """Take a delivery for sending. Only one worker wins; a claim held by a
-        worker that died expires after ``CLAIM_SECONDS``."""
+    def claim_unsent(self, event_id: str, now: datetime) -> set[tuple[str, str]]:
+        """Take every delivery of the event that waits (pending, failed, or
+        sending under an expired claim) in one statement, and return the
+        (recipient, channel) of each. Only one worker wins a delivery; the
+        claim of a worker that died expires after ``CLAIM_SECONDS``."""
         t = orm.deliveries
-        result = self.session.execute(
+        rows = self.session.execute(
             update(t)
             .where(
-                t.c.id == delivery_id,
+                t.c.event_id == event_id,
                 or_(
                     t.c.status.in_([DeliveryStatus.PENDING.value, DeliveryStatus.FAILED.value]),
                     and_(t.c.status == DeliveryStatus.SENDING.value, t.c.claimed_until < now),
@@ -114,16 +168,41 @@ class UnitOfWork:
                 claimed_until=now + timedelta(seconds=CLAIM_SECONDS),
                 attempts=t.c.attempts + 1,
             )
-        )
-        return result.rowcount == 1
+            .returning(t.c.recipient_id, t.c.channel)
+        ).all()
+        return {(r.recipient_id, r.channel) for r in rows}
 
-    def finish(self, delivery_id: int, status: DeliveryStatus, *, now: datetime, error: str | None = None) -> None:
+    def finish(self, event_id: str, attempts: list[Attempt], *, now: datetime) -> None:
+        """Record how each attempt ended and release its claim, in one
+        statement (executed once per attempt when there are several)."""
+        if not attempts:
+            return
         t = orm.deliveries
-        values = {"claimed_until": None, "last_error": error}
-        values["status"] = status.value
-        if status is DeliveryStatus.SENT:
-            values["sent_at"] = now
-        self.session.execute(update(t).where(t.c.id == delivery_id).values(**values))
+        self.session.execute(
+            update(t)
+            .where(
+                t.c.event_id == bindparam("k_event"),
+                t.c.recipient_id == bindparam("k_recipient"),
+                t.c.channel == bindparam("k_channel"),
+            )
+            .values(
+                status=bindparam("v_status"),
+                claimed_until=None,
+                last_error=bindparam("v_error"),
+                sent_at=bindparam("v_sent_at"),
+            ),
+            [
+                {
+                    "k_event": event_id,
+                    "k_recipient": a.recipient_id,
+                    "k_channel": a.channel,
+                    "v_status": a.status.value,
+                    "v_error": a.error,
+                    "v_sent_at": now if a.status is DeliveryStatus.SENT else None,
+                }
+                for a in attempts
+            ],
+        )
 
     def deliveries_for_case(self, case_id: str) -> list:
         t = orm.deliveries
@@ -135,3 +214,22 @@ class UnitOfWork:
 
     def rollback(self) -> None:
         self.session.rollback()
+
+
+def _claimed_row(event: dict, recipient: Recipient, now: datetime) -> dict:
+    """A delivery row as this worker plans it: claimed for its first attempt."""
+    return dict(
+        event_id=str(event["event_id"]),
+        event_type=event["type"],
+        organization_id=str(event["organization_id"]),
+        case_id=str(event["case_id"]) if event.get("case_id") else None,
+        recipient_id=recipient.user_id,
+        recipient_role=recipient.role,
+        channel=recipient.channel,
+        status=DeliveryStatus.SENDING.value,
+        attempts=1,
+        last_error=None,
+        claimed_until=now + timedelta(seconds=CLAIM_SECONDS),
+        created_at=now,
+        sent_at=None,
+    )
