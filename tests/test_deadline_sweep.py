@@ -162,7 +162,9 @@ def test_a_due_time_moved_while_the_sweep_runs_neither_resends_alerts_nor_undoes
 
 
 def test_the_sweep_timer_of_the_running_service_sends_due_alerts(stack, clean_databases):
-    stack.start_all(cases={"DEADLINES": {"SWEEP_INTERVAL_SECONDS": 0.2, "DUE_SOON_HOURS": 2}})
+    # R0 is due an hour after opening; a window of 59 min 58 s puts its
+    # due-soon alert 2 s after the opening (one planned inside it gets none)
+    stack.start_all(cases={"DEADLINES": {"SWEEP_INTERVAL_SECONDS": 0.2, "DUE_SOON_HOURS": 1 - 2 / 3600}})
     org = stack.organization()
     case = stack.post_case(org["focal_point"]["token"], {"age_group": "18-25"}).json()
 
@@ -174,7 +176,6 @@ def test_the_sweep_timer_of_the_running_service_sends_due_alerts(stack, clean_da
     from prometheus_client import REGISTRY
 
     before = REGISTRY.get_sample_value("warmi_step_alerts_total", {"kind": "due_soon"}) or 0
-    # R0 is due within one hour of opening: inside the two-hour lead time at once
     found = wait_until(alerts, message="the due-soon alert of R0")
     wait_until(lambda: (REGISTRY.get_sample_value("warmi_step_alerts_total", {"kind": "due_soon"}) or 0) > before,
                message="the alert to be counted")
@@ -217,3 +218,40 @@ def test_two_running_cases_services_sweeping_10000_cases_stage_each_alert_once(s
         for replica in replicas:
             pool.spawn(replica.stop)
         pool.waitall()
+
+
+def test_a_new_case_gets_no_due_soon_alert_for_a_step_already_inside_its_window(backend, backend_engines):
+    """R0 is due an hour after the opening, inside the two-hour window at
+    once: the president's notice of the new case covers it. Its overdue
+    alert still comes; R1, R2 and R4 (due in 24 h) get their due-soon alerts."""
+    from cryptography.fernet import Fernet
+
+    from services.cases.adapters.crypto import KeyRing
+    from services.cases.domain.access import Caller
+    from services.cases.service_layer import handlers
+    from services.cases.service_layer.unit_of_work import UnitOfWork
+
+    engine = backend_engines["cases"]
+    sessions = sessionmaker(engine)
+    now = datetime.now(timezone.utc)
+    organization = str(uuid.uuid4())
+    with Session(engine) as session:
+        handlers.register_organization(UnitOfWork(session), organization_id=organization, code="CEC",
+                                       timezone_name="America/Lima")
+    focal_point = Caller(str(uuid.uuid4()), organization, frozenset({"focal_point"}))
+    with Session(engine) as session:
+        case = handlers.open_case(UnitOfWork(session), KeyRing([Fernet.generate_key().decode()]), focal_point,
+                                  {"age_group": "18-25"}, now=now, policy=POLICY)
+
+    def alerts_of(case_id):
+        with engine.connect() as conn:
+            bodies = conn.execute(text("SELECT body FROM outbox WHERE routing_key LIKE 'step_%'")).scalars().all()
+        return sorted((e["data"]["step_id"], e["type"]) for e in map(json.loads, bodies) if e["case_id"] == case_id)
+
+    assert sweep(sessions, POLICY, now=now + timedelta(minutes=1)) == 0
+    assert alerts_of(case.id) == []
+    sweep(sessions, POLICY, now=now + timedelta(hours=1, minutes=1))
+    assert alerts_of(case.id) == [("R0", "step_overdue")]
+    sweep(sessions, POLICY, now=now + timedelta(hours=22, minutes=1))
+    assert alerts_of(case.id) == [("R0", "step_overdue"), ("R1", "step_due_soon"), ("R2", "step_due_soon"),
+                                  ("R4", "step_due_soon")]

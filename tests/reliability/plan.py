@@ -24,7 +24,11 @@ OTHERS_LONG = OTHERS + ["broker-crash"]  # the node killed with SIGKILL, not sto
 CASES_RETRY_DELAYS = [0.25, 0.5, 1, 2]
 NOTIFICATIONS_RETRY_DELAYS = [0.25, 0.5, 1, 2, 60]
 SERVICE_ENV = {
-    "CASES_SWEEP_INTERVAL_SECONDS": "1",  # a new case's first step is due soon: an alert at the next sweep
+    # a new case's first step (R0, due an hour after opening) falls due soon
+    # 3.6 s after it was opened: an alert at a sweep soon after (a step planned
+    # inside its window gets none, so the window is just under an hour here)
+    "CASES_SWEEP_INTERVAL_SECONDS": "1",
+    "CASES_DUE_SOON_HOURS": "0.999",
     "CASES_EVENT_RETRY_DELAYS": str(CASES_RETRY_DELAYS),
     "NOTIFICATIONS_EVENT_RETRY_DELAYS": str(NOTIFICATIONS_RETRY_DELAYS),
 }

@@ -187,14 +187,15 @@ class SqlPlanRepository:
             approved_by=r.approved_by, alert_stage=r.alert_stage, next_alert_at=r.next_alert_at,
         )
 
-    def add(self, *, case_id: str, organization_id: str, step_id: str, responsible: tuple[str, ...],
-            due_at: datetime, urgent: bool, next_alert_at: datetime | None) -> None:
+    def add_many(self, steps: list[dict]) -> None:
+        """New open steps in one statement; each dict has case_id,
+        organization_id, step_id, responsible, due_at, urgent, alert_stage
+        and next_alert_at."""
+        if not steps:
+            return
         self.session.execute(
-            insert(orm.plan_steps).values(
-                case_id=case_id, organization_id=organization_id, step_id=step_id,
-                responsible=",".join(responsible), due_at=due_at, urgent=urgent, status="open",
-                alert_stage=0, next_alert_at=next_alert_at,
-            )
+            insert(orm.plan_steps),
+            [dict(step, responsible=",".join(step["responsible"]), status="open") for step in steps],
         )
 
     def step(self, row_id: int) -> StepRow | None:
@@ -215,10 +216,10 @@ class SqlPlanRepository:
         )
         return result.rowcount == 1
 
-    def reopen(self, row_id: int, *, due_at: datetime, urgent: bool, next_alert_at) -> None:
+    def reopen(self, row_id: int, *, due_at: datetime, urgent: bool, alert_stage: int, next_alert_at) -> None:
         self.session.execute(
             update(orm.plan_steps).where(orm.plan_steps.c.id == row_id).values(
-                status="open", due_at=due_at, urgent=urgent, alert_stage=0, next_alert_at=next_alert_at,
+                status="open", due_at=due_at, urgent=urgent, alert_stage=alert_stage, next_alert_at=next_alert_at,
                 completed_at=None, completed_by=None, outcome=None,
             )
         )

@@ -30,6 +30,18 @@ def alert_time(stage: int, due_at: datetime, policy: AlertPolicy) -> datetime | 
     return due_at + offsets[stage]
 
 
+def first_alert(due_at: datetime, now: datetime, policy: AlertPolicy) -> tuple[int, datetime | None]:
+    """The alert stage of a step planned at ``now``, and when its first alert falls due.
+
+    A step already inside its due-soon window when it is planned (R0 is due
+    an hour after the opening, inside the two-hour window at once) gets no
+    due-soon alert: the notice of what planned it (the case's opening) says
+    the same thing a moment earlier. Its next alert is the overdue one."""
+    if alert_time(0, due_at, policy) <= now:
+        return 1, alert_time(1, due_at, policy)
+    return 0, alert_time(0, due_at, policy)
+
+
 def alerts_due(stage: int, due_at: datetime, now: datetime, policy: AlertPolicy) -> tuple[list[tuple[str, str]], int, datetime | None]:
     """The alerts to send now, the new stage, and when the next one is due.
 

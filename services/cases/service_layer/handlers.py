@@ -107,7 +107,7 @@ def open_case(uow: UnitOfWork, keyring: KeyRing, caller: Caller, command: dict, 
         # it to commit, then refuses the key), not only the commit
         uow.cases.add(case)
         uow.cases.log_status(case)
-        replan(uow, case, policy, now)
+        replan(uow, case, policy, now, organization=organization, new_case=True)
         uow.audit(case_id=case.id, organization_id=case.organization_id, actor_id=caller.user_id, action="open",
                   fields=[f for f in command if command.get(f) is not None and f != "idempotency_key"], now=now)
         uow.emit(case, "case_opened", {"survivor_code": case.survivor_code, "opened_by": caller.user_id,
@@ -241,6 +241,6 @@ def reopen_case(uow: UnitOfWork, caller: Caller, case_id: str, command: dict, po
         raise invalid_input(err) from None
     for row in uow.plans.steps(case.id):
         if row.step_id == "R9" and row.status == "done":
-            uow.plans.reopen(row.id, due_at=now, urgent=False, next_alert_at=None)
+            uow.plans.reopen(row.id, due_at=now, urgent=False, alert_stage=0, next_alert_at=None)
     replan(uow, case, policy, now, clock_from=now)
     return save_edit(uow, case, caller, "reopen", ["status"], now, version)

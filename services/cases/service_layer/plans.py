@@ -10,7 +10,7 @@ from services.cases.adapters.protocols import load as load_protocol
 from services.cases.domain import consent as consents
 from services.cases.domain import model
 from services.cases.domain.access import Caller, may
-from services.cases.domain.deadlines import AlertPolicy, alert_time, restage
+from services.cases.domain.deadlines import AlertPolicy, first_alert, restage
 from services.cases.domain.protocol import CaseFacts, recompute
 from services.cases.domain.status import CaseStatus
 from services.cases.service_layer.editing import load_case, save_edit, utcnow
@@ -20,8 +20,8 @@ from services.cases.service_layer.unit_of_work import UnitOfWork
 RESCHEDULE_TRIES = 5
 
 
-def facts_of(uow: UnitOfWork, case: model.Case, timezone_name: str, *, opened_at: datetime | None = None) -> CaseFacts:
-    steps = uow.plans.steps(case.id)
+def facts_of(case: model.Case, timezone_name: str, steps: list, case_consents: list, *,
+             opened_at: datetime | None = None) -> CaseFacts:
     return CaseFacts(
         opened_at=opened_at or case.opened_at,
         incident_at=case.incident_at,
@@ -30,33 +30,44 @@ def facts_of(uow: UnitOfWork, case: model.Case, timezone_name: str, *, opened_at
         risk=case.risk,
         timezone=timezone_name,
         completed={s.step_id: s.completed_at for s in steps if s.status == "done"},
-        withdrawn_consents=consents.withdrawn_purposes(uow.consents.for_case(case.id)),
+        withdrawn_consents=consents.withdrawn_purposes(case_consents),
     )
 
 
-def replan(uow: UnitOfWork, case: model.Case, policy: AlertPolicy, now: datetime, *, clock_from: datetime | None = None) -> None:
+def replan(uow: UnitOfWork, case: model.Case, policy: AlertPolicy, now: datetime, *,
+           clock_from: datetime | None = None, organization: model.Organization | None = None,
+           new_case: bool = False) -> None:
     """Bring the stored plan in line with the case's facts: new due times for
-    open steps, new steps that now apply, cancellation of those that no longer do."""
+    open steps, new steps that now apply, cancellation of those that no longer do.
+
+    ``new_case``: the case was added in this unit of work, so it has no steps
+    and no consents to read yet."""
     if case.status is CaseStatus.CLOSED:
         return
-    organization = uow.organizations.get(case.organization_id)
+    organization = organization or uow.organizations.get(case.organization_id)
     protocol = load_protocol(case.protocol_id, case.protocol_version)
-    facts = facts_of(uow, case, organization.timezone, opened_at=clock_from)
-    stored = {s.step_id: s for s in uow.plans.steps(case.id)}
+    steps = [] if new_case else uow.plans.steps(case.id)
+    case_consents = [] if new_case else uow.consents.for_case(case.id)
+    facts = facts_of(case, organization.timezone, steps, case_consents, opened_at=clock_from)
+    stored = {s.step_id: s for s in steps}
     change = recompute(protocol, facts, {k: s.due_at for k, s in stored.items() if s.status == "open"})
+    added = []
     for planned in change.keep:
         row = stored.get(planned.step_id)
         if row is None:
-            uow.plans.add(
+            stage, next_at = first_alert(planned.due_at, now, policy)
+            added.append(dict(
                 case_id=case.id, organization_id=case.organization_id, step_id=planned.step_id,
                 responsible=protocol.step(planned.step_id).responsible, due_at=planned.due_at,
-                urgent=planned.urgent, next_alert_at=alert_time(0, planned.due_at, policy),
-            )
+                urgent=planned.urgent, alert_stage=stage, next_alert_at=next_at,
+            ))
         elif row.status == "cancelled":
-            uow.plans.reopen(row.id, due_at=planned.due_at, urgent=planned.urgent,
-                             next_alert_at=alert_time(0, planned.due_at, policy))
+            stage, next_at = first_alert(planned.due_at, now, policy)
+            uow.plans.reopen(row.id, due_at=planned.due_at, urgent=planned.urgent, alert_stage=stage,
+                             next_alert_at=next_at)
         elif row.status == "open" and (row.due_at != planned.due_at or row.urgent != planned.urgent):
             _reschedule(uow, row, planned, now, policy)
+    uow.plans.add_many(added)
     for step_id in change.cancel:
         uow.plans.cancel(stored[step_id].id)
 
