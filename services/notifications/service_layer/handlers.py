@@ -53,13 +53,15 @@ def notify_case_opened(
 ) -> bool:
     """Tell every president of the organisation that a case was opened.
 
-    Two transactions, nothing held open while SMTP talks:
+    Two transactions, and nothing held open while SMTP talks:
 
-    1. ``claim_deliveries``: the inbox check, the recipients and the time
-       zone, and the deliveries claimed by this worker; committed.
-    2. each claimed delivery is rendered and sent;
-    3. ``record_attempts``: every outcome and, when nothing is left to send,
-       the event marked handled; committed. Then the outcomes are counted.
+    1. ``claim_deliveries`` (one transaction): the inbox check, the
+       recipients and the time zone, and the deliveries claimed by this
+       worker;
+    2. ``deliver``: each claimed delivery is rendered and sent;
+    3. ``record_attempts`` (one transaction): every outcome and, when
+       nothing is left to send, the event marked handled. Then the outcomes
+       are counted (``outcome``).
 
     Safe to run any number of times for one event, and by two copies of it
     at once: each (event, recipient, channel) is planned once, claimed
@@ -155,22 +157,26 @@ def claim_planned(uow: UnitOfWork, event: dict, presidents: list[Recipient], tz_
 
 class Texts:
     """The case-opened message in each recipient's language, rendered once
-    per language for an event."""
+    per language for an event, when first needed: a failure to render (an
+    unknown time zone, say) fails the delivery, which is then recorded."""
 
     def __init__(self, renderer: Renderer, event: dict, tz_name: str, public_url: str):
-        self.renderer = renderer
-        self.values = dict(
-            survivor_code=event["data"]["survivor_code"],
-            opened_at=event["data"]["opened_at"].astimezone(ZoneInfo(tz_name)).strftime("%Y-%m-%d %H:%M"),
-            timezone=tz_name,
-            link=f"{public_url.rstrip('/')}/console/cases/{event['case_id']}",
-        )
+        self.renderer, self.event, self.tz_name, self.public_url = renderer, event, tz_name, public_url
         self.by_locale: dict[str, Message] = {}
 
     def for_locale(self, locale: str) -> Message:
         if locale not in self.by_locale:
-            self.by_locale[locale] = self.renderer.render("case_opened", locale, **self.values)
+            self.by_locale[locale] = self.renderer.render("case_opened", locale, **self._values())
         return self.by_locale[locale]
+
+    def _values(self) -> dict:
+        data = self.event["data"]
+        return dict(
+            survivor_code=data["survivor_code"],
+            opened_at=data["opened_at"].astimezone(ZoneInfo(self.tz_name)).strftime("%Y-%m-%d %H:%M"),
+            timezone=self.tz_name,
+            link=f"{self.public_url.rstrip('/')}/console/cases/{self.event['case_id']}",
+        )
 
 
 def deliver(claimed: Claimed, senders: dict[str, Sender], texts: Texts, event_id: str) -> Attempt:

@@ -244,3 +244,17 @@ def test_an_organisation_without_a_president_is_handled_at_once(db):
     outbox = Outbox()
     assert notify(sessions, outbox, case_opened()) is True
     assert outbox.sent == [] and rows(engine) == [] and handled(engine) == 1
+
+
+def test_a_text_that_cannot_be_rendered_fails_the_delivery_and_is_recorded(db):
+    engine, sessions = db
+    with sessions() as s:
+        handlers.register_organization(UnitOfWork(s), organization_id=ORG, timezone_name="Nowhere/Atlantis")
+    outbox = Outbox()
+
+    with pytest.raises(DeliveryFailed):
+        notify(sessions, outbox, case_opened())
+
+    [row] = rows(engine)
+    assert (row.status, row.last_error, row.claimed_until) == ("failed", "ZoneInfoNotFoundError", None)
+    assert outbox.sent == []
