@@ -108,23 +108,52 @@ def stage(session: Session, table: Table, envelope: dict, *, source: str, header
     stage_many(session, table, [envelope], source=source, headers=headers)
 
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per row
+
+
 def stage_many(session: Session, table: Table, envelopes: list[dict], *, source: str, headers: dict | None = None) -> None:
     """Add many envelopes in one statement, inside the caller's transaction."""
     if not envelopes:
         return
     session.info[STAGED] = True  # the relay wakes when this transaction commits
     now = datetime.now(timezone.utc)
-    encoded_headers = json.dumps(headers or {})
+    encoded_headers = _encode(headers or {})
+    exchange = f"{source}.events"
+    if len(envelopes) > 1 and session.get_bind().dialect.name == "postgresql":
+        # a batch (the deadline sweep's) as arrays to one statement of constant
+        # text: SQLAlchemy's multi-row VALUES would be compiled and bound row by row
+        session.execute(_insert_unnest(table), {
+            "event_ids": [e["event_id"] for e in envelopes], "routing_keys": [e["type"] for e in envelopes],
+            "bodies": [_encode(e) for e in envelopes], "exchange": exchange, "headers": encoded_headers,
+            "now": now,
+        })
+        return
     session.execute(
         insert(table),
         [
             {
-                "event_id": e["event_id"], "exchange": f"{source}.events", "routing_key": e["type"],
-                "body": json.dumps(e, separators=(",", ":")), "headers": encoded_headers, "created_at": now,
+                "event_id": e["event_id"], "exchange": exchange, "routing_key": e["type"],
+                "body": _encode(e), "headers": encoded_headers, "created_at": now,
             }
             for e in envelopes
         ],
     )
+
+
+_UNNEST_INSERTS: dict[str, object] = {}
+
+
+def _insert_unnest(table: Table):
+    statement = _UNNEST_INSERTS.get(table.name)
+    if statement is None:
+        statement = _UNNEST_INSERTS[table.name] = text(f"""
+            INSERT INTO {table.name} (event_id, exchange, routing_key, body, headers, created_at)
+            SELECT e, :exchange, k, b, :headers, :now
+            FROM unnest(CAST(:event_ids AS text[]), CAST(:routing_keys AS text[]), CAST(:bodies AS text[]))
+                 WITH ORDINALITY AS v(e, k, b, n)
+            ORDER BY n
+        """)
+    return statement
 
 
 class Relay:
