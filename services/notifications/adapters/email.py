@@ -39,6 +39,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 from services.notifications.domain.model import Message
 
 SMTP_TIMEOUT = 10.0
+QUIT_TIMEOUT = 1.0
 IDLE_SECONDS = 30.0  # servers drop idle clients (often after 60 s or more); close ours first
 MAX_LINE = 998  # bytes of a line, without CRLF (RFC 5322)
 
@@ -181,6 +182,7 @@ class ConnectionPool:
         for connection in connections:
             if polite:
                 try:
+                    connection.sock.settimeout(QUIT_TIMEOUT)  # a stop never waits long on a silent server
                     connection.quit()
                     continue
                 except (OSError, smtplib.SMTPException):
