@@ -46,17 +46,18 @@ def authenticate(session: Session, authorization: str | None) -> Principal | Non
     token = authorization[len("Bearer "):].strip()
     if not token or len(token) > 200:
         return None
-    row = session.execute(
-        select(orm.users.c.id, orm.users.c.organization_id, orm.users.c.roles)
+    # one round trip: the user, with one row per organisation supervised
+    rows = session.execute(
+        select(orm.users.c.id, orm.users.c.organization_id, orm.users.c.roles, orm.supervisions.c.organization_id)
         .join(orm.api_tokens, orm.api_tokens.c.user_id == orm.users.c.id)
+        .outerjoin(orm.supervisions, orm.supervisions.c.user_id == orm.users.c.id)
         .where(orm.api_tokens.c.token_hash == hash_token(token), orm.api_tokens.c.revoked_at.is_(None))
-    ).first()
-    if row is None:
+    ).all()
+    if not rows:
         return None
-    supervised = session.execute(
-        select(orm.supervisions.c.organization_id).where(orm.supervisions.c.user_id == row.id)
-    ).scalars().all()
-    return Principal(row.id, row.organization_id, tuple(r for r in row.roles.split(",") if r), tuple(sorted(supervised)))
+    user_id, organization_id, roles, _ = rows[0]
+    supervised = sorted(row[3] for row in rows if row[3] is not None)
+    return Principal(user_id, organization_id, tuple(r for r in roles.split(",") if r), tuple(supervised))
 
 
 def member_with_role(session: Session, organization_id: str, user_id: str, role: str) -> bool:

@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -66,7 +66,8 @@ class SqlCaseRepository:
         self._cells: dict[str, tuple | None] = {}  # the cell each loaded case counted in
 
     def add(self, case: Case) -> None:
-        self.session.execute(insert(orm.cases).values(**_case_values(case)))
+        # the values as parameters of a statement compiled once, not built into a new one each time
+        self.session.execute(insert(orm.cases), _case_values(case))
         cells.move(self.session, None, cells.key_of(case))
         self._cells[case.id] = cells.key_of(case)
 
@@ -151,17 +152,18 @@ class SqlCaseRepository:
             pass  # already excluded
 
     def log_status(self, case: Case) -> None:
-        for change in case.status_log:
-            self.session.execute(
-                insert(orm.status_changes).values(
-                    case_id=case.id,
-                    from_status=change.from_status.value if change.from_status else None,
-                    to_status=change.to_status.value,
-                    reason=change.reason,
-                    actor_id=change.actor_id,
-                    at=change.at,
-                )
-            )
+        if case.status_log:
+            self.session.execute(insert(orm.status_changes), [
+                {
+                    "case_id": case.id,
+                    "from_status": change.from_status.value if change.from_status else None,
+                    "to_status": change.to_status.value,
+                    "reason": change.reason,
+                    "actor_id": change.actor_id,
+                    "at": change.at,
+                }
+                for change in case.status_log
+            ])
         case.status_log.clear()
 
     def status_history(self, case_id: str) -> list:
@@ -285,10 +287,10 @@ class SqlOrganizationRepository:
     def __init__(self, session: Session):
         self.session = session
 
+    _BY_ID = select(orm.organizations).where(orm.organizations.c.id == bindparam("organization_id"))
+
     def get(self, organization_id: str) -> Organization | None:
-        row = self.session.execute(
-            select(orm.organizations).where(orm.organizations.c.id == organization_id)
-        ).first()
+        row = self.session.execute(self._BY_ID, {"organization_id": organization_id}).first()
         if row is None:
             return None
         return Organization(row.id, row.code, row.timezone, row.protocol_id, row.protocol_version)
@@ -312,16 +314,21 @@ class SqlOrganizationRepository:
             )
         )
 
+    _NEXT_VALUE = (
+        update(orm.survivor_code_sequences)
+        .where(orm.survivor_code_sequences.c.organization_id == bindparam("sequence_organization"),
+               orm.survivor_code_sequences.c.year == bindparam("sequence_year"))
+        .values(last_value=orm.survivor_code_sequences.c.last_value + 1)
+        .returning(orm.survivor_code_sequences.c.last_value)
+    )
+
     def next_sequence(self, organization_id: str, year: int) -> int:
         """The next running number for the year. The row lock taken by the
         UPDATE serialises concurrent openings in one organisation."""
         t = orm.survivor_code_sequences
         for _ in range(2):
             result = self.session.execute(
-                update(t)
-                .where(t.c.organization_id == organization_id, t.c.year == year)
-                .values(last_value=t.c.last_value + 1)
-                .returning(t.c.last_value)
+                self._NEXT_VALUE, {"sequence_organization": organization_id, "sequence_year": year}
             ).first()
             if result is not None:
                 return result.last_value

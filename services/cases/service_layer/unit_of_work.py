@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -17,6 +17,15 @@ from services.cases.adapters.repository import (
 )
 from services.cases.domain.audit import GENESIS, AuditEntry, entry_hash
 from services.cases.domain.model import Case
+
+
+# statements built once: building one per call (and its cache key) cost more than running it
+_HEAD = select(orm.audit_heads.c.last_hash).where(orm.audit_heads.c.organization_id == bindparam("head"))
+_HEAD_FOR_UPDATE = _HEAD.with_for_update()
+_MOVE_HEAD = (
+    update(orm.audit_heads).where(orm.audit_heads.c.organization_id == bindparam("head"))
+    .values(last_hash=bindparam("new_hash"))
+)
 
 
 class UnitOfWork:
@@ -53,25 +62,22 @@ class UnitOfWork:
         entry = AuditEntry(case_id, organization_id, actor_id, action, json.dumps(sorted(fields)),
                            now or datetime.now(timezone.utc))
         heads = orm.audit_heads
-        query = select(heads.c.last_hash).where(heads.c.organization_id == organization_id)
-        if self.dialect == "postgresql":
-            query = query.with_for_update()
-        previous = self.session.execute(query).scalar()
+        query = _HEAD_FOR_UPDATE if self.dialect == "postgresql" else _HEAD
+        organization = {"head": organization_id}
+        previous = self.session.execute(query, organization).scalar()
         if previous is None:
             try:
                 with self.session.begin_nested():
                     self.session.execute(insert(heads).values(organization_id=organization_id, last_hash=GENESIS))
                 previous = GENESIS
             except IntegrityError:  # another transaction started the chain: wait for its lock
-                previous = self.session.execute(query).scalar()
+                previous = self.session.execute(query, organization).scalar()
         digest = entry_hash(previous, entry)
-        self.session.execute(
-            insert(orm.audit_log).values(
-                case_id=entry.case_id, organization_id=entry.organization_id, actor_id=entry.actor_id,
-                action=entry.action, fields=entry.fields, at=entry.at, prev_hash=previous, hash=digest,
-            )
-        )
-        self.session.execute(update(heads).where(heads.c.organization_id == organization_id).values(last_hash=digest))
+        self.session.execute(insert(orm.audit_log), {
+            "case_id": entry.case_id, "organization_id": entry.organization_id, "actor_id": entry.actor_id,
+            "action": entry.action, "fields": entry.fields, "at": entry.at, "prev_hash": previous, "hash": digest,
+        })
+        self.session.execute(_MOVE_HEAD, {"head": organization_id, "new_hash": digest})
 
     def claim_event(self, event_id: str, handler: str) -> bool:
         """Record the event as handled in this unit of work; False for a repeat."""
