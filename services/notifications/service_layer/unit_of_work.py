@@ -9,17 +9,51 @@ never commits by itself: the handler says where each transaction ends.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import and_, bindparam, exists, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from servicekit import inbox
 from services.notifications.adapters import orm
 from services.notifications.domain.model import Attempt, DeliveryStatus, Recipient
 
 CLAIM_SECONDS = 60
+
+_inbox, _deliveries, _recipients, _organizations = (
+    orm.processed_events, orm.deliveries, orm.recipients, orm.organizations
+)
+
+# The statements every event runs, built once with bound parameters:
+# SQLAlchemy reuses their compiled form instead of building them anew.
+EVENT_STATE = select(
+    exists()
+    .where(_inbox.c.event_id == bindparam("event_id"), _inbox.c.handler == bindparam("handler"))
+    .label("handled"),
+    exists().where(_deliveries.c.event_id == bindparam("event_id")).label("planned"),
+)
+RECIPIENTS_WITH_TIMEZONE = (
+    select(_recipients, _organizations.c.timezone)
+    .select_from(_recipients.outerjoin(_organizations, _organizations.c.id == _recipients.c.organization_id))
+    .where(_recipients.c.organization_id == bindparam("organization_id"), _recipients.c.active == 1)
+    .order_by(_recipients.c.user_id)
+)
+PLAN = insert(_deliveries)
+MARK_HANDLED = insert(_inbox)
+FINISH = (
+    update(_deliveries)
+    .where(
+        _deliveries.c.event_id == bindparam("k_event"),
+        _deliveries.c.recipient_id == bindparam("k_recipient"),
+        _deliveries.c.channel == bindparam("k_channel"),
+    )
+    .values(
+        status=bindparam("v_status"),
+        claimed_until=None,
+        last_error=bindparam("v_error"),
+        sent_at=bindparam("v_sent_at"),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -60,13 +94,7 @@ class UnitOfWork:
     def recipients_with_timezone(self, organization_id: str) -> tuple[list[Recipient], str | None]:
         """The organisation's active recipients and its time zone, in one
         query (None for the zone when there is no recipient, or no zone)."""
-        r, o = orm.recipients, orm.organizations
-        rows = self.session.execute(
-            select(r, o.c.timezone)
-            .select_from(r.outerjoin(o, o.c.id == r.c.organization_id))
-            .where(r.c.organization_id == organization_id, r.c.active == 1)
-            .order_by(r.c.user_id)
-        ).all()
+        rows = self.session.execute(RECIPIENTS_WITH_TIMEZONE, {"organization_id": organization_id}).all()
         people = [Recipient(x.user_id, x.organization_id, x.role, x.channel, x.address, x.locale) for x in rows]
         return people, (rows[0].timezone if rows else None)
 
@@ -79,21 +107,18 @@ class UnitOfWork:
     def event_state(self, event_id: str, handler: str) -> EventState:
         """Whether the event is handled, and whether any delivery of it was
         planned, in one query."""
-        p, d = orm.processed_events, orm.deliveries
-        row = self.session.execute(
-            select(
-                exists().where(p.c.event_id == event_id, p.c.handler == handler).label("handled"),
-                exists().where(d.c.event_id == event_id).label("planned"),
-            )
-        ).one()
+        row = self.session.execute(EVENT_STATE, {"event_id": event_id, "handler": handler}).one()
         return EventState(handled=bool(row.handled), planned=bool(row.planned))
 
     def mark_handled(self, event_id: str, handler: str) -> bool:
-        """Record the event as handled. False if a concurrent copy of it did
-        so first: the whole transaction is then rolled back and the caller
-        does its other writes again (this spares a savepoint every time)."""
+        """Record the event as handled (the inbox, ``servicekit.inbox``).
+        False if a concurrent copy of it did so first: the whole transaction
+        is then rolled back and the caller does its other writes again (this
+        spares a savepoint every time)."""
         try:
-            inbox.record(self.session, orm.processed_events, event_id, handler)
+            self.session.execute(
+                MARK_HANDLED, {"event_id": event_id, "handler": handler, "processed_at": datetime.now(timezone.utc)}
+            )
         except IntegrityError:
             self.session.rollback()
             return False
@@ -109,7 +134,7 @@ class UnitOfWork:
         if not recipients:
             return True
         try:
-            self.session.execute(insert(orm.deliveries), [_claimed_row(event, r, now) for r in recipients])
+            self.session.execute(PLAN, [_claimed_row(event, r, now) for r in recipients])
         except IntegrityError:
             self.session.rollback()
             return False
@@ -177,20 +202,8 @@ class UnitOfWork:
         statement (executed once per attempt when there are several)."""
         if not attempts:
             return
-        t = orm.deliveries
         self.session.execute(
-            update(t)
-            .where(
-                t.c.event_id == bindparam("k_event"),
-                t.c.recipient_id == bindparam("k_recipient"),
-                t.c.channel == bindparam("k_channel"),
-            )
-            .values(
-                status=bindparam("v_status"),
-                claimed_until=None,
-                last_error=bindparam("v_error"),
-                sent_at=bindparam("v_sent_at"),
-            ),
+            FINISH,
             [
                 {
                     "k_event": event_id,
