@@ -160,6 +160,12 @@ class WorkerSession:
             self._session = self.factory()
         return self._session
 
+    def read(self):
+        """A connection outside any transaction, for one read (``with
+        worker_session.read() as conn``): on PostgreSQL a single round trip,
+        without the BEGIN and ROLLBACK of a transaction around it."""
+        return self.factory.kw["bind"].connect().execution_options(isolation_level="AUTOCOMMIT")
+
     def commit(self) -> None:
         if self._session is not None:
             self._session.commit()

@@ -28,10 +28,10 @@ class GatewayService:
     referrals = RpcProxy("referrals")
 
     def _principal(self, request: Request) -> identity.Principal:
-        try:
-            principal = identity.authenticate(self.db.session, request.headers.get("Authorization"))
-        finally:
-            self.db.close()  # hand the connection back before waiting on other services
+        # one read outside a transaction; the connection goes back to the
+        # pool before the request waits on other services
+        with self.db.read() as connection:
+            principal = identity.authenticate(connection, request.headers.get("Authorization"))
         if principal is None:
             raise HttpError(
                 401, "unauthenticated", "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
