@@ -62,6 +62,32 @@ def assert_each_alert_staged_once(engine) -> None:
     assert kinds == {"step_due_soon": 2 * CASES, "step_overdue": 2 * CASES, "step_escalated": 2 * CASES}
 
 
+def organization_with_focal_point(engine) -> tuple:
+    """A registered organisation and its focal point."""
+    from services.cases.domain.access import Caller
+    from services.cases.service_layer import handlers
+    from services.cases.service_layer.unit_of_work import UnitOfWork
+
+    organization = str(uuid.uuid4())
+    with Session(engine) as session:
+        handlers.register_organization(UnitOfWork(session), organization_id=organization, code="CEC",
+                                       timezone_name="America/Lima")
+    return organization, Caller(str(uuid.uuid4()), organization, frozenset({"focal_point"}))
+
+
+def open_case_at(engine, focal_point, opened_at: datetime):
+    """Open a case through the service layer, as of ``opened_at``."""
+    from cryptography.fernet import Fernet
+
+    from services.cases.adapters.crypto import KeyRing
+    from services.cases.service_layer import handlers
+    from services.cases.service_layer.unit_of_work import UnitOfWork
+
+    with Session(engine) as session:
+        return handlers.open_case(UnitOfWork(session), KeyRing([Fernet.generate_key().decode()]), focal_point,
+                                  {"age_group": "18-25"}, now=opened_at, policy=POLICY)
+
+
 def test_two_replicas_sweeping_10000_cases_emit_each_alert_exactly_once(database_urls, clean_databases):
     seed(clean_databases["cases"])
     replicas = [make_engine(database_urls["cases"], green=True) for _ in range(2)]
@@ -110,9 +136,6 @@ def test_two_processes_sweeping_10000_cases_on_one_sqlite_file_stage_each_alert_
 def test_a_due_time_moved_while_the_sweep_runs_neither_resends_alerts_nor_undoes_them(backend, backend_engines):
     """Re-planning reads a step's alert stage without a lock; the sweep
     advances it (and stages its alerts) before re-planning writes."""
-    from cryptography.fernet import Fernet
-
-    from services.cases.adapters.crypto import KeyRing
     from services.cases.domain.access import Caller
     from services.cases.service_layer import handlers
     from services.cases.service_layer.unit_of_work import UnitOfWork
@@ -120,18 +143,11 @@ def test_a_due_time_moved_while_the_sweep_runs_neither_resends_alerts_nor_undoes
     engine = backend_engines["cases"]
     sessions = sessionmaker(engine)
     now = datetime.now(timezone.utc)
-    organization = str(uuid.uuid4())
-    with Session(engine) as session:
-        handlers.register_organization(UnitOfWork(session), organization_id=organization, code="CEC",
-                                       timezone_name="America/Lima")
-    focal_point = Caller(str(uuid.uuid4()), organization, frozenset({"focal_point"}))
+    organization, focal_point = organization_with_focal_point(engine)
     president = Caller(str(uuid.uuid4()), organization, frozenset({"president"}))
     # opened 100 hours ago and never swept: R4 (risk assessment) was due after 24 hours while
     # the risk is unknown (every one of its alerts has passed), after 72 hours once it is low
-    opened_at = now - timedelta(hours=100)
-    with Session(engine) as session:
-        case = handlers.open_case(UnitOfWork(session), KeyRing([Fernet.generate_key().decode()]), focal_point,
-                                  {"age_group": "18-25"}, now=opened_at, policy=POLICY)
+    case = open_case_at(engine, focal_point, now - timedelta(hours=100))
 
     swept = []
     with Session(engine) as session:
@@ -224,24 +240,11 @@ def test_a_new_case_gets_no_due_soon_alert_for_a_step_already_inside_its_window(
     """R0 is due an hour after the opening, inside the two-hour window at
     once: the president's notice of the new case covers it. Its overdue
     alert still comes; R1, R2 and R4 (due in 24 h) get their due-soon alerts."""
-    from cryptography.fernet import Fernet
-
-    from services.cases.adapters.crypto import KeyRing
-    from services.cases.domain.access import Caller
-    from services.cases.service_layer import handlers
-    from services.cases.service_layer.unit_of_work import UnitOfWork
-
     engine = backend_engines["cases"]
     sessions = sessionmaker(engine)
     now = datetime.now(timezone.utc)
-    organization = str(uuid.uuid4())
-    with Session(engine) as session:
-        handlers.register_organization(UnitOfWork(session), organization_id=organization, code="CEC",
-                                       timezone_name="America/Lima")
-    focal_point = Caller(str(uuid.uuid4()), organization, frozenset({"focal_point"}))
-    with Session(engine) as session:
-        case = handlers.open_case(UnitOfWork(session), KeyRing([Fernet.generate_key().decode()]), focal_point,
-                                  {"age_group": "18-25"}, now=now, policy=POLICY)
+    _, focal_point = organization_with_focal_point(engine)
+    case = open_case_at(engine, focal_point, now)
 
     def alerts_of(case_id):
         with engine.connect() as conn:
