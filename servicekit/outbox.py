@@ -44,13 +44,13 @@ from kombu import Connection, Producer
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.extensions import DependencyProvider
 from sqlalchemy import (
-    Column, event, Index, Integer, MetaData, String, Table, Text, func, insert, select, text, update,
+    Column, Index, Integer, MetaData, String, Table, Text, event, func, select, text, update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from servicekit import metrics
-from servicekit.database import SqlEngine, is_postgres
+from servicekit.database import SqlEngine, insert_rows, is_postgres
 from servicekit.topology import UNROUTED_QUEUE, declare, event_exchange
 from servicekit.types import UtcDateTime
 
@@ -123,41 +123,13 @@ def stage_many(session: Session, table: Table, envelopes: list[dict], *, source:
     now = datetime.now(timezone.utc)
     encoded_headers = _encode(headers or {})
     exchange = f"{source}.events"
-    if len(envelopes) > 1 and session.get_bind().dialect.name == "postgresql":
-        # a batch (the deadline sweep's) as arrays to one statement of constant
-        # text: SQLAlchemy's multi-row VALUES would be compiled and bound row by row
-        session.execute(_insert_unnest(table), {
-            "event_ids": [e["event_id"] for e in envelopes], "routing_keys": [e["type"] for e in envelopes],
-            "bodies": [_encode(e) for e in envelopes], "exchange": exchange, "headers": encoded_headers,
-            "now": now,
-        })
-        return
-    session.execute(
-        insert(table),
-        [
-            {
-                "event_id": e["event_id"], "exchange": exchange, "routing_key": e["type"],
-                "body": _encode(e), "headers": encoded_headers, "created_at": now,
-            }
-            for e in envelopes
-        ],
-    )
-
-
-_UNNEST_INSERTS: dict[str, object] = {}
-
-
-def _insert_unnest(table: Table):
-    statement = _UNNEST_INSERTS.get(table.name)
-    if statement is None:
-        statement = _UNNEST_INSERTS[table.name] = text(f"""
-            INSERT INTO {table.name} (event_id, exchange, routing_key, body, headers, created_at)
-            SELECT e, :exchange, k, b, :headers, :now
-            FROM unnest(CAST(:event_ids AS text[]), CAST(:routing_keys AS text[]), CAST(:bodies AS text[]))
-                 WITH ORDINALITY AS v(e, k, b, n)
-            ORDER BY n
-        """)
-    return statement
+    insert_rows(session, table, [
+        {
+            "event_id": e["event_id"], "exchange": exchange, "routing_key": e["type"],
+            "body": _encode(e), "headers": encoded_headers, "created_at": now,
+        }
+        for e in envelopes
+    ])
 
 
 class Relay:

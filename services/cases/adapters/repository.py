@@ -5,10 +5,11 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from servicekit.database import insert_rows
 from services.cases.adapters import cells, orm
 from services.cases.domain.classification import IncidentType
 from services.cases.domain.consent import Consent
@@ -171,18 +172,6 @@ class SqlCaseRepository:
         return self.session.execute(select(t).where(t.c.case_id == case_id).order_by(t.c.id)).all()
 
 
-_ADD_STEPS_POSTGRESQL = text("""
-    INSERT INTO plan_steps (case_id, organization_id, step_id, responsible, due_at, urgent, status,
-                            alert_stage, next_alert_at)
-    SELECT c, o, s, r, d, u, 'open', a, n
-    FROM unnest(CAST(:case_ids AS text[]), CAST(:organization_ids AS text[]), CAST(:step_ids AS text[]),
-                CAST(:responsibles AS text[]), CAST(:due_ats AS timestamptz[]), CAST(:urgents AS boolean[]),
-                CAST(:stages AS integer[]), CAST(:next_ats AS timestamptz[]))
-         WITH ORDINALITY AS v(c, o, s, r, d, u, a, n, i)
-    ORDER BY i
-""")
-
-
 class SqlPlanRepository:
     def __init__(self, session: Session):
         self.session = session
@@ -205,23 +194,8 @@ class SqlPlanRepository:
         """New open steps in one statement; each dict has case_id,
         organization_id, step_id, responsible, due_at, urgent, alert_stage
         and next_alert_at."""
-        if not steps:
-            return
-        if self.session.get_bind().dialect.name == "postgresql":
-            # arrays to one statement of constant text: SQLAlchemy's multi-row
-            # insert binds the values row by row (12 % of opening a case)
-            self.session.execute(_ADD_STEPS_POSTGRESQL, {
-                "case_ids": [s["case_id"] for s in steps], "organization_ids": [s["organization_id"] for s in steps],
-                "step_ids": [s["step_id"] for s in steps],
-                "responsibles": [",".join(s["responsible"]) for s in steps],
-                "due_ats": [s["due_at"] for s in steps], "urgents": [bool(s["urgent"]) for s in steps],
-                "stages": [s["alert_stage"] for s in steps], "next_ats": [s["next_alert_at"] for s in steps],
-            })
-            return
-        self.session.execute(
-            insert(orm.plan_steps),
-            [dict(step, responsible=",".join(step["responsible"]), status="open") for step in steps],
-        )
+        insert_rows(self.session, orm.plan_steps,
+                    [dict(step, responsible=",".join(step["responsible"]), status="open") for step in steps])
 
     def step(self, row_id: int) -> StepRow | None:
         """One step as it is now (after a compare-and-set that did not take)."""
