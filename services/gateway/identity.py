@@ -29,6 +29,7 @@ class Principal:
     organization_id: str
     roles: tuple[str, ...]
     supervised: tuple[str, ...] = ()
+    scope: str = "read_write"  # or "read": a token that may not edit
 
     def as_caller(self) -> dict:
         return {

@@ -38,10 +38,14 @@ class GatewayService:
             )
         return principal
 
+    def _caller(self, principal: identity.Principal) -> dict:
+        """The caller every RPC takes first, as the services check it."""
+        return principal.as_caller()
+
     def _case_command(self, request: Request, method: str, *args, body: bool = True) -> Response:
         principal = self._principal(request)
         payload = [read_json(request)] if body else []
-        return json_response(200, call(getattr(self.cases, method), principal.as_caller(), *args, *payload))
+        return json_response(200, call(getattr(self.cases, method), self._caller(principal), *args, *payload))
 
     @route("GET", "/api/v1/health")
     @endpoint
@@ -81,7 +85,7 @@ class GatewayService:
             self.db.close()
             if not known:
                 raise HttpError(422, "invalid_input", "unknown organisation", {"organization_id": ["unknown organisation"]})
-        case = call(self.cases.open_case, principal.as_caller(), body)
+        case = call(self.cases.open_case, self._caller(principal), body)
         return json_response(201, case, {"Location": f"/api/v1/cases/{case['id']}"})
 
     @route("GET", "/api/v1/cases")
@@ -89,13 +93,13 @@ class GatewayService:
     def list_cases(self, request: Request) -> Response:
         principal = self._principal(request)
         filters = _query(request, integers=("page", "per_page"), booleans=("overdue",))
-        return json_response(200, call(self.cases.list_cases, principal.as_caller(), filters))
+        return json_response(200, call(self.cases.list_cases, self._caller(principal), filters))
 
     @route("GET", CASE)
     @endpoint
     def get_case(self, request: Request, case_id: str) -> Response:
         principal = self._principal(request)
-        caller = principal.as_caller()
+        caller = self._caller(principal)
         case = call(self.cases.get_case, caller, case_id)
         try:
             case["notifications"] = call(self.notifications.case_notifications, caller, case["id"], timeout=3)
@@ -131,7 +135,7 @@ class GatewayService:
             if not ok:
                 raise HttpError(422, "invalid_input", "not a case lead of your organisation",
                                 {"case_lead_id": ["not a case lead of your organisation"]})
-        return json_response(200, call(self.cases.assign_case_lead, principal.as_caller(), case_id, body))
+        return json_response(200, call(self.cases.assign_case_lead, self._caller(principal), case_id, body))
 
     @route("POST", CASE + "/exclusions")
     @endpoint
@@ -145,14 +149,14 @@ class GatewayService:
             if not ok:
                 raise HttpError(422, "invalid_input", "not a member of your organisation",
                                 {"user_id": ["not a member of your organisation"]})
-        return json_response(200, call(self.cases.exclude_user, principal.as_caller(), case_id, body))
+        return json_response(200, call(self.cases.exclude_user, self._caller(principal), case_id, body))
 
     @route("POST", CASE + "/consents")
     @endpoint
     def record_consent(self, request: Request, case_id: str) -> Response:
         principal = self._principal(request)
         body = read_json(request)
-        return json_response(201, call(self.cases.record_consent, principal.as_caller(), case_id, body))
+        return json_response(201, call(self.cases.record_consent, self._caller(principal), case_id, body))
 
     @route("POST", CASE + "/consents/<string:consent_id>/withdrawal")
     @endpoint
@@ -193,7 +197,7 @@ class GatewayService:
     @endpoint
     def list_providers(self, request: Request) -> Response:
         principal = self._principal(request)
-        return json_response(200, {"items": call(self.referrals.list_providers, principal.as_caller())})
+        return json_response(200, {"items": call(self.referrals.list_providers, self._caller(principal))})
 
     @route("GET", "/api/v1/statistics")
     @endpoint
@@ -203,7 +207,7 @@ class GatewayService:
         if request.args.get("format", "json") not in ("json", "csv"):
             raise HttpError(422, "invalid_input", "some query parameters are not valid",
                             {"format": ["Must be one of: json, csv."]})
-        result = call(self.cases.statistics, principal.as_caller(), filters)
+        result = call(self.cases.statistics, self._caller(principal), filters)
         if request.args.get("format") == "csv":
             return Response(result["csv"], status=200, content_type="text/csv; charset=utf-8",
                             headers={"Content-Disposition": 'attachment; filename="warmi-statistics.csv"'})
