@@ -33,6 +33,10 @@ def home() -> Path:
     return path
 
 
+# the gateway keeps no data of its own: it hosts identity, and uses its database
+_DATABASE_OF = {"gateway": "identity"}
+
+
 def database_url(service: str, environ: dict | None = None) -> str:
     """The database a service owns.
 
@@ -41,6 +45,7 @@ def database_url(service: str, environ: dict | None = None) -> str:
     otherwise a SQLite file per service under ``WARMI_HOME``.
     """
     env = os.environ if environ is None else environ
+    service = _DATABASE_OF.get(service, service)
     own = env.get(f"{service.upper()}_DATABASE_URL")
     if own:
         return own

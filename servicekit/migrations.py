@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 from servicekit.config import SERVICES_DIR
 from servicekit.database import normalize_url
 
-MIGRATING = ("cases", "notifications", "referrals", "gateway")
+MIGRATING = ("cases", "notifications", "referrals", "identity")
 
 
 def alembic_config(service: str, url: str) -> Config:

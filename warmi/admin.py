@@ -29,51 +29,69 @@ def session_for(service: str):
 
 
 def organization_id_of(code: str) -> str:
-    """The id of the organisation with this code, as the gateway knows it."""
+    """The id of the organisation with this code, as identity knows it."""
     from contracts.errors import InvalidInput
-    from services.gateway import identity
+    from services.identity.adapters import audit
+    from services.identity.service_layer import handlers as identity
 
-    with session_for("gateway") as session:
-        organization_id = identity.organization_by_code(session, code)
+    with session_for("identity") as session:
+        organization_id = identity.organization_id_of(session, code)
     if organization_id is None:
         raise InvalidInput("unknown organisation", {"org": [f"no organisation with code {code}"]})
     return organization_id
 
 
+def country_of(timezone_name: str) -> str | None:
+    """The country of a time zone, from the system's zone table, if it names one."""
+    for table in ("/usr/share/zoneinfo/zone1970.tab", "/usr/share/zoneinfo/zone.tab"):
+        try:
+            with open(table) as fh:
+                for line in fh:
+                    parts = line.split("\t")
+                    if not line.startswith("#") and len(parts) >= 3 and parts[2].strip() == timezone_name:
+                        countries = parts[0].split(",")
+                        return countries[0] if len(countries) == 1 else None
+        except OSError:
+            continue
+    return None
+
+
 def create_organization(
     *, code: str, name: str, timezone_name: str, locale: str,
-    president_name: str, president_email: str, focal_point_name: str,
+    president_name: str, president_email: str, focal_point_name: str, country: str | None = None,
+    president_phone: str | None = None, overseen_by: list[str] = (),
 ) -> dict:
-    from services.cases.service_layer import handlers as cases
-    from services.cases.service_layer.unit_of_work import UnitOfWork as CasesUow
-    from services.gateway import identity
-    from services.notifications.domain.model import Recipient
-    from services.notifications.service_layer import handlers as notifications
-    from services.notifications.service_layer.unit_of_work import UnitOfWork as NotificationsUow
+    """An organisation with its president and a focal point, each with a
+    token. Only identity's database is written: the cases and notifications
+    services learn of the organisation and its people from identity's
+    events, within moments once the gateway (which hosts identity) runs."""
+    from contracts.errors import InvalidInput
+    from services.identity.adapters import audit
+    from services.identity.service_layer import handlers as identity
 
-    _check_email(president_email)
-    with session_for("gateway") as session:
-        organization_id = identity.create_organization(
-            session, code=code, name=name, timezone_name=timezone_name, locale=locale
+    country = country or country_of(timezone_name)
+    if country is None:
+        raise InvalidInput("say which country", {"country": ["required: two capital letters, e.g. PE or CO"]})
+    with session_for("identity") as session:
+        organization_id = identity.register_organization(
+            session, code=code, name=name, country=country, timezone_name=timezone_name, language=locale,
+            overseen_by=list(overseen_by),
         )
-        president_id, president_token = identity.create_user(
-            session, organization_id=organization_id, display_name=president_name, roles=["president"]
+        president_id = identity.add_member(
+            session, organization_id=organization_id, name=president_name, roles=["president"], language=locale,
+            email=president_email, phone=president_phone,
         )
-        focal_id, focal_token = identity.create_user(
-            session, organization_id=organization_id, display_name=focal_point_name, roles=["focal_point"]
+        focal_id = identity.add_member(
+            session, organization_id=organization_id, name=focal_point_name, roles=["focal_point"], language=locale,
         )
-        # The gateway commits last: until it does no token works, and what the
-        # other services already hold is keyed by ids nobody has been given.
-        with session_for("cases") as cases_session:
-            cases.register_organization(
-                CasesUow(cases_session), organization_id=organization_id, code=code, timezone_name=timezone_name
-            )
-        with session_for("notifications") as n_session:
-            uow = NotificationsUow(n_session)
-            notifications.register_organization(uow, organization_id=organization_id, timezone_name=timezone_name)
-            notifications.register_recipient(
-                uow, Recipient(president_id, organization_id, "president", "email", president_email, locale)
-            )
+        president_token_id, president_token, _ = identity.issue_token(
+            session, president_id, label="created with the organisation")
+        focal_token_id, focal_token, _ = identity.issue_token(session, focal_id, label="created with the organisation")
+        audit.record(session, "organization_registered", organization_id=organization_id)
+        for member_id, token_id in ((president_id, president_token_id), (focal_id, focal_token_id)):
+            audit.record(session, "member_added", organization_id=organization_id, member_id=member_id)
+            audit.record(session, "token_issued", organization_id=organization_id, member_id=member_id,
+                         token_id=token_id, detail="scope=read_write")
         session.commit()
     return {
         "organization": {"id": organization_id, "code": code},
@@ -82,48 +100,75 @@ def create_organization(
     }
 
 
-def _check_email(address: str, field: str = "president_email") -> None:
-    from contracts.errors import InvalidInput
-
-    if not address or "@" not in address or len(address) > 320 or any(c.isspace() for c in address):
-        raise InvalidInput("not an e-mail address", {field: ["not an e-mail address"]})
-
-
 def create_user(*, org_code: str, roles: list[str], name: str, email: str | None, locale: str,
-                supervises: list[str]) -> dict:
-    """A user of an organisation with a fresh token; with an e-mail address,
-    also a recipient of the notifications for her first role."""
+                supervises: list[str], phone: str | None = None, scope: str = "read_write",
+                days: float | None = None) -> dict:
+    """A person of an organisation with a fresh token. Notifications learn of
+    her (every role, her contact points, her supervisions) from identity's
+    events."""
     from contracts.errors import InvalidInput
-    from services.gateway import identity
-    from services.notifications.domain.model import Recipient
-    from services.notifications.service_layer import handlers as notifications
-    from services.notifications.service_layer.unit_of_work import UnitOfWork as NotificationsUow
+    from services.identity.adapters import audit
+    from services.identity.service_layer import handlers as identity
 
-    if email is not None:
-        _check_email(email, "email")
-    with session_for("gateway") as session:
-        organization_id = identity.organization_by_code(session, org_code)
+    with session_for("identity") as session:
+        organization_id = identity.organization_id_of(session, org_code)
         if organization_id is None:
             raise InvalidInput("unknown organisation", {"org": ["no organisation with this code"]})
-        supervised = []
-        for code in supervises:
-            supervised_id = identity.organization_by_code(session, code)
-            if supervised_id is None:
-                raise InvalidInput("unknown organisation", {"supervises": [f"no organisation with code {code}"]})
-            supervised.append(supervised_id)
-        if supervised and "supervisor" not in roles:
-            raise InvalidInput("only a supervisor supervises", {"supervises": ["add the supervisor role"]})
-        user_id, token = identity.create_user(session, organization_id=organization_id, display_name=name, roles=roles)
-        for supervised_id in supervised:
-            identity.add_supervision(session, user_id, supervised_id)
-        if email is not None:
-            with session_for("notifications") as n_session:
-                notifications.register_recipient(
-                    NotificationsUow(n_session), Recipient(user_id, organization_id, roles[0], "email", email, locale)
-                )
+        user_id = identity.add_member(
+            session, organization_id=organization_id, name=name, roles=roles, language=locale, email=email,
+            phone=phone, supervises=list(supervises),
+        )
+        token_id, token, expires_at = identity.issue_token(session, user_id, scope=scope, days=days)
+        audit.record(session, "member_added", organization_id=organization_id, member_id=user_id,
+                     detail="roles=" + ",".join(sorted(set(roles))))
+        audit.record(session, "token_issued", organization_id=organization_id, member_id=user_id, token_id=token_id,
+                     detail=f"scope={scope}")
         session.commit()
-    return {"id": user_id, "organization_id": organization_id, "roles": sorted(set(roles)), "token": token}
+    return {"id": user_id, "organization_id": organization_id, "roles": sorted(set(roles)), "token": token,
+            "token_id": token_id, "expires_at": expires_at.isoformat()}
 
+
+def deactivate_user(user_id: str) -> dict:
+    from services.identity.adapters import audit
+    from services.identity.service_layer import handlers as identity
+
+    with session_for("identity") as session:
+        revoked = identity.deactivate_member(session, user_id)
+        audit.record(session, "member_deactivated", member_id=user_id, detail=f"tokens_revoked={revoked}")
+        session.commit()
+    return {"id": user_id, "active": False, "tokens_revoked": revoked}
+
+
+def issue_token(*, user_id: str, scope: str, days: float | None, label: str) -> dict:
+    from services.identity.adapters import audit
+    from services.identity.service_layer import handlers as identity
+
+    with session_for("identity") as session:
+        token_id, token, expires_at = identity.issue_token(session, user_id, scope=scope, days=days, label=label)
+        audit.record(session, "token_issued", member_id=user_id, token_id=token_id, detail=f"scope={scope}")
+        session.commit()
+    return {"id": token_id, "user_id": user_id, "scope": scope, "expires_at": expires_at.isoformat(), "token": token}
+
+
+def list_tokens(*, user_id: str | None = None, org_code: str | None = None) -> list[dict]:
+    """Every token's id, holder, scope, expiry and last use: never a secret."""
+    from services.identity.adapters import audit
+    from services.identity.service_layer import handlers as identity
+
+    organization_id = organization_id_of(org_code) if org_code else None
+    with session_for("identity") as session:
+        return identity.list_tokens(session, member_id=user_id, organization_id=organization_id)
+
+
+def revoke_token(token_id: str) -> dict:
+    from services.identity.adapters import audit
+    from services.identity.service_layer import handlers as identity
+
+    with session_for("identity") as session:
+        was_live = identity.revoke_token(session, token_id)
+        audit.record(session, "token_revoked", token_id=token_id)
+        session.commit()
+    return {"id": token_id, "revoked": True, "was_live": was_live}
 
 
 def create_provider(*, org_code: str, name: str, kind: str) -> dict:

@@ -9,7 +9,7 @@ import logging  # noqa: E402
 
 from servicekit import logs  # noqa: E402
 from servicekit.config import load_config  # noqa: E402
-from warmi.registry import service_class  # noqa: E402
+from warmi.registry import process_classes  # noqa: E402
 
 
 def serve(name: str) -> None:
@@ -18,4 +18,4 @@ def serve(name: str) -> None:
     from nameko.cli.run import run
 
     logging.getLogger(__name__).info("starting", extra={"service": name})
-    run([service_class(name)], config)
+    run(process_classes(name), config)

@@ -7,6 +7,7 @@ from servicekit.rpc import rpc
 from contracts import rpc as contract
 from contracts.errors import EXPECTED, Forbidden
 from servicekit import metrics
+from servicekit.callers import Callers
 from servicekit.database import Database
 from servicekit.retention import Retention, handled_events
 from servicekit.reliable_events import event_consumer
@@ -56,6 +57,13 @@ def record_outcome(channel: str, outcome: str) -> None:
     metrics.NOTIFICATIONS.labels(channel, outcome).inc()
 
 
+# who may see a case's delivery state: whoever may see cases at all; the
+# deliveries shown are those of the caller's organisation, or of one she
+# supervises (the gateway asks only after the cases service let her see the case)
+CASE_ROLES = frozenset({"focal_point", "case_lead", "president", "supervisor"})
+_CALLER = contract.CallerSchema()
+
+
 class NotificationsService:
     name = "notifications"
 
@@ -63,6 +71,7 @@ class NotificationsService:
     channels = Channels()
     retention = Retention(handled_events(orm.processed_events), finished_deliveries(orm.deliveries))
     telemetry = Telemetry()
+    callers = Callers()
 
     @event_consumer("cases", "case_opened", expected_exceptions=(DeliveryFailed,))
     def handle_case_opened(self, event: dict) -> None:
@@ -77,15 +86,54 @@ class NotificationsService:
         if not handled:
             metrics.EVENT_DUPLICATES.labels(self.name, "case_opened").inc()
 
+    # -- identity's events: who the committee's people are -------------------
+    def _project(self, event: dict, kind: str, handler: str) -> None:
+        project = handlers.project_organization if kind == "organization" else handlers.project_member
+        if not project(UnitOfWork(self.db.session), event, handler):
+            metrics.EVENT_DUPLICATES.labels(self.name, event["type"]).inc()
+
+    @event_consumer("identity", "organization_registered")
+    def handle_organization_registered(self, event: dict) -> None:
+        self._project(event, "organization", "handle_organization_registered")
+
+    @event_consumer("identity", "organization_changed")
+    def handle_organization_changed(self, event: dict) -> None:
+        self._project(event, "organization", "handle_organization_changed")
+
+    @event_consumer("identity", "member_added")
+    def handle_member_added(self, event: dict) -> None:
+        self._project(event, "member", "handle_member_added")
+
+    @event_consumer("identity", "member_changed")
+    def handle_member_changed(self, event: dict) -> None:
+        self._project(event, "member", "handle_member_changed")
+
+    @event_consumer("identity", "member_deactivated")
+    def handle_member_deactivated(self, event: dict) -> None:
+        self._project(event, "member", "handle_member_deactivated")
+
+    @event_consumer("identity", "member_roles_changed")
+    def handle_member_roles_changed(self, event: dict) -> None:
+        self._project(event, "member", "handle_member_roles_changed")
+
+    @event_consumer("identity", "supervision_granted")
+    def handle_supervision_granted(self, event: dict) -> None:
+        self._project(event, "member", "handle_supervision_granted")
+
+    @event_consumer("identity", "supervision_ended")
+    def handle_supervision_ended(self, event: dict) -> None:
+        self._project(event, "member", "handle_supervision_ended")
+
     @rpc(expected_exceptions=EXPECTED)
     def case_notifications(self, caller: dict, case_id: str) -> dict:
         """Delivery state of a case's notifications, for a caller the cases
         service has already let see the case."""
-        who = contract.load(contract.CallerSchema(), caller)
-        if not who["roles"]:
-            raise Forbidden("no role")
+        who = contract.load(_CALLER, self.callers.verify(caller))
+        if not CASE_ROLES & set(who["roles"]):
+            raise Forbidden("your roles do not let you see cases")
+        mine = {str(who["organization_id"])} | {str(o) for o in who["supervised_organization_ids"]}
         result = handlers.case_notifications(
-            UnitOfWork(self.db.session), organization_id=str(who["organization_id"]), case_id=str(case_id)
+            UnitOfWork(self.db.session), organization_ids=mine, case_id=str(case_id)
         )
         result["deliveries"] = contract.DeliveryViewSchema(many=True).dump(result["deliveries"])
         return result

@@ -7,11 +7,15 @@ from servicekit.types import UtcDateTime
 
 metadata = MetaData()
 
+# organisations and their members as identity's events describe them; each
+# row keeps the revision it was last told, so an older event changes nothing
 organizations = Table(
     "organizations",
     metadata,
     Column("id", String(36), primary_key=True),
     Column("timezone", String(64), nullable=False),
+    Column("language", String(8), nullable=True),
+    Column("revision", Integer, nullable=False, server_default="0"),
 )
 
 recipients = Table(
@@ -19,11 +23,22 @@ recipients = Table(
     metadata,
     Column("user_id", String(36), primary_key=True),
     Column("organization_id", String(36), nullable=False, index=True),
-    Column("role", String(32), nullable=False),
-    Column("channel", String(16), nullable=False),
-    Column("address", String(320), nullable=False),
+    Column("roles", String(200), nullable=False),  # comma-separated, every role she holds
+    Column("name", String(200), nullable=True),
+    Column("channel", String(16), nullable=False),  # her e-mail channel, for now the one channel
+    Column("address", String(320), nullable=True),  # work e-mail; none: she cannot be e-mailed
+    Column("phone", String(16), nullable=True),  # E.164
     Column("locale", String(8), nullable=False),
     Column("active", Integer, nullable=False, default=1),
+    Column("revision", Integer, nullable=False, server_default="0"),
+)
+
+# organisations a supervisor supervises: escalations reach her
+supervisions = Table(
+    "supervisions",
+    metadata,
+    Column("user_id", String(36), primary_key=True),
+    Column("organization_id", String(36), primary_key=True, index=True),
 )
 
 deliveries = Table(

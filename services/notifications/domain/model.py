@@ -1,7 +1,7 @@
 """Who is told what, on which channel, and whether it reached them."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 
@@ -20,10 +20,11 @@ FINISHED = (DeliveryStatus.SENT, DeliveryStatus.CANCELLED)
 class Recipient:
     user_id: str
     organization_id: str
-    role: str
+    role: str  # the role she is addressed in by a rule ("" until a rule picks her)
     channel: str
-    address: str
+    address: str | None
     locale: str
+    roles: frozenset[str] = field(default_factory=frozenset)  # every role she holds
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,9 @@ class Message:
 
 
 def recipients_for_case_opened(recipients: list[Recipient]) -> list[Recipient]:
-    """The committee's presidents hear of every new case at once."""
-    return [r for r in recipients if r.role == "president"]
+    """The committee's presidents hear of every new case at once, whatever
+    other roles they hold too."""
+    return [replace(r, role="president") for r in recipients if "president" in r.roles and r.address]
 
 
 def overall_status(statuses: list[str]) -> str:

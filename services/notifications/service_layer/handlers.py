@@ -31,14 +31,24 @@ class Sender(Protocol):
 Outcome = Callable[[str, str], None]  # (channel, outcome)
 
 
-def register_organization(uow: UnitOfWork, *, organization_id: str, timezone_name: str) -> None:
-    uow.upsert_organization(organization_id, timezone_name)
+def project_organization(uow: UnitOfWork, event: dict, handler: str) -> bool:
+    """An organisation as identity announced it, once per event; False if
+    the event was already handled."""
+    if not uow.mark_handled(str(event["event_id"]), handler):
+        return False
+    uow.project_organization(str(event["organization_id"]), event["data"])
     uow.commit()
+    return True
 
 
-def register_recipient(uow: UnitOfWork, recipient: Recipient) -> None:
-    uow.upsert_recipient(recipient)
+def project_member(uow: UnitOfWork, event: dict, handler: str) -> bool:
+    """A member as identity announced her (every role, her contact points,
+    language and supervisions), once per event."""
+    if not uow.mark_handled(str(event["event_id"]), handler):
+        return False
+    uow.project_member(str(event["organization_id"]), event["data"])
     uow.commit()
+    return True
 
 
 def notify_case_opened(
@@ -205,8 +215,10 @@ def record_attempts(uow: UnitOfWork, event_id: str, attempts: list[Attempt], *, 
     uow.commit()
 
 
-def case_notifications(uow: UnitOfWork, *, organization_id: str, case_id: str) -> dict:
-    rows = [d for d in uow.deliveries_for_case(case_id) if d["organization_id"] == organization_id]
+def case_notifications(uow: UnitOfWork, *, organization_ids: set[str], case_id: str) -> dict:
+    """Deliveries about a case, if it belongs to one of ``organization_ids``;
+    of any other case, nothing (as if there were none)."""
+    rows = [d for d in uow.deliveries_for_case(case_id) if d["organization_id"] in organization_ids]
     return {
         "status": model.overall_status([d["status"] for d in rows]),
         "deliveries": [

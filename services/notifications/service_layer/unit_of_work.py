@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import and_, bindparam, exists, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, exists, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -35,7 +35,8 @@ EVENT_STATE = select(
 RECIPIENTS_WITH_TIMEZONE = (
     select(_recipients, _organizations.c.timezone)
     .select_from(_recipients.outerjoin(_organizations, _organizations.c.id == _recipients.c.organization_id))
-    .where(_recipients.c.organization_id == bindparam("organization_id"), _recipients.c.active == 1)
+    .where(_recipients.c.organization_id == bindparam("organization_id"), _recipients.c.active == 1,
+           _recipients.c.address.is_not(None))
     .order_by(_recipients.c.user_id)
 )
 PLAN = insert(_deliveries)
@@ -74,34 +75,63 @@ class UnitOfWork:
     def __init__(self, session: Session):
         self.session = session
 
-    # -- projection -------------------------------------------------------
-    def upsert_organization(self, organization_id: str, timezone_name: str) -> None:
+    # -- projection of identity's events ---------------------------------
+    def project_organization(self, organization_id: str, data: dict) -> bool:
+        """Keep the organisation as told, unless a later revision is already
+        kept. True if it changed anything."""
         t = orm.organizations
-        updated = self.session.execute(update(t).where(t.c.id == organization_id).values(timezone=timezone_name))
-        if updated.rowcount == 0:
-            self.session.execute(insert(t).values(id=organization_id, timezone=timezone_name))
+        values = dict(timezone=data["timezone"], language=data["language"], revision=data["revision"])
+        updated = self.session.execute(
+            update(t).where(t.c.id == organization_id, t.c.revision < data["revision"]).values(**values))
+        if updated.rowcount:
+            return True
+        if self.session.execute(select(t.c.id).where(t.c.id == organization_id)).first() is not None:
+            return False
+        self.session.execute(insert(t).values(id=organization_id, **values))
+        return True
 
-    def upsert_recipient(self, r: Recipient) -> None:
-        t = orm.recipients
+    def project_member(self, organization_id: str, data: dict) -> bool:
+        """Keep a member as told (every role, contact points, supervisions),
+        unless a later revision is already kept."""
+        t, s = orm.recipients, orm.supervisions
+        member_id = str(data["member_id"])
         values = dict(
-            organization_id=r.organization_id, role=r.role, channel=r.channel, address=r.address,
-            locale=r.locale, active=1,
+            organization_id=organization_id, roles=",".join(sorted(data["roles"])), name=data["name"],
+            channel="email", address=data["email"], phone=data["phone"], locale=data["language"],
+            active=1 if data["active"] else 0, revision=data["revision"],
         )
-        updated = self.session.execute(update(t).where(t.c.user_id == r.user_id).values(**values))
-        if updated.rowcount == 0:
-            self.session.execute(insert(t).values(user_id=r.user_id, **values))
+        updated = self.session.execute(
+            update(t).where(t.c.user_id == member_id, t.c.revision < data["revision"]).values(**values))
+        if not updated.rowcount:
+            if self.session.execute(select(t.c.user_id).where(t.c.user_id == member_id)).first() is not None:
+                return False
+            self.session.execute(insert(t).values(user_id=member_id, **values))
+        self.session.execute(delete(s).where(s.c.user_id == member_id))
+        supervised = sorted({str(o) for o in data["supervised_organization_ids"]})
+        if supervised:
+            self.session.execute(insert(s), [{"user_id": member_id, "organization_id": o} for o in supervised])
+        return True
+
+    def supervisors_of(self, organization_id: str) -> list[Recipient]:
+        """Active supervisors of the organisation, wherever they belong."""
+        t, s = orm.recipients, orm.supervisions
+        rows = self.session.execute(
+            select(t).join(s, s.c.user_id == t.c.user_id)
+            .where(s.c.organization_id == organization_id, t.c.active == 1).order_by(t.c.user_id)
+        ).all()
+        return [_recipient(x) for x in rows if "supervisor" in x.roles.split(",")]
 
     def recipients_with_timezone(self, organization_id: str) -> tuple[list[Recipient], str | None]:
         """The organisation's active recipients and its time zone, in one
         query (None for the zone when there is no recipient, or no zone)."""
         rows = self.session.execute(RECIPIENTS_WITH_TIMEZONE, {"organization_id": organization_id}).all()
-        people = [Recipient(x.user_id, x.organization_id, x.role, x.channel, x.address, x.locale) for x in rows]
+        people = [_recipient(x) for x in rows]
         return people, (rows[0].timezone if rows else None)
 
     def recipient(self, user_id: str) -> Recipient | None:
         t = orm.recipients
         r = self.session.execute(select(t).where(t.c.user_id == user_id)).first()
-        return Recipient(r.user_id, r.organization_id, r.role, r.channel, r.address, r.locale) if r else None
+        return _recipient(r) if r is not None and r.active and r.address is not None else None
 
     # -- inbox ------------------------------------------------------------
     def event_state(self, event_id: str, handler: str) -> EventState:
@@ -156,7 +186,8 @@ class UnitOfWork:
         now (None if gone), in the order they were planned."""
         d, r = orm.deliveries, orm.recipients
         rows = self.session.execute(
-            select(d.c.recipient_id, d.c.channel, d.c.status, r.c.organization_id, r.c.role, r.c.address, r.c.locale)
+            select(d.c.recipient_id, d.c.channel, d.c.status, r.c.organization_id, d.c.recipient_role, r.c.address,
+                   r.c.locale, r.c.active)
             .select_from(d.outerjoin(r, r.c.user_id == d.c.recipient_id))
             .where(d.c.event_id == event_id)
             .order_by(d.c.id)
@@ -166,8 +197,8 @@ class UnitOfWork:
                 x.recipient_id,
                 x.channel,
                 DeliveryStatus(x.status),
-                Recipient(x.recipient_id, x.organization_id, x.role, x.channel, x.address, x.locale)
-                if x.address is not None
+                Recipient(x.recipient_id, x.organization_id, x.recipient_role, x.channel, x.address, x.locale)
+                if x.address is not None and x.active
                 else None,
             )
             for x in rows
@@ -227,6 +258,11 @@ class UnitOfWork:
 
     def rollback(self) -> None:
         self.session.rollback()
+
+
+def _recipient(row) -> Recipient:
+    return Recipient(row.user_id, row.organization_id, "", row.channel, row.address, row.locale,
+                     frozenset(r for r in row.roles.split(",") if r))
 
 
 def _claimed_row(event: dict, recipient: Recipient, now: datetime) -> dict:
