@@ -11,7 +11,7 @@ from sqlalchemy.orm import sessionmaker
 
 from services.notifications.adapters import orm
 from services.notifications.adapters.templates import Renderer
-from services.notifications.domain.model import DeliveryFailed, Recipient
+from services.notifications.domain.model import DeliveryFailed
 from services.notifications.service_layer import handlers
 from services.notifications.service_layer.unit_of_work import CLAIM_SECONDS, EventState, UnitOfWork
 
@@ -44,11 +44,19 @@ def db(tmp_path):
     sessions = sessionmaker(engine, expire_on_commit=False)
     with sessions() as s:
         uow = UnitOfWork(s)
-        handlers.register_organization(uow, organization_id=ORG, timezone_name="America/Lima")
-        handlers.register_recipient(uow, Recipient("p1", ORG, "president", "email", "p1@test.invalid", "es"))
-        handlers.register_recipient(uow, Recipient("f1", ORG, "focal_point", "email", "f1@test.invalid", "es"))
+        uow.project_organization(ORG, {"timezone": "America/Lima", "language": "es", "revision": 1})
+        uow.project_member(ORG, member("p1", ["president"]))
+        uow.project_member(ORG, member("f1", ["focal_point"]))
+        uow.commit()
     yield engine, sessions
     engine.dispose()
+
+
+def member(member_id, roles, revision=1, **changes):
+    """A member as identity's events describe her."""
+    return {"member_id": member_id, "name": member_id, "email": f"{member_id}@test.invalid", "phone": None,
+            "language": "es", "roles": roles, "active": True, "supervised_organization_ids": [],
+            "revision": revision, **changes}
 
 
 def case_opened():
@@ -201,7 +209,7 @@ def test_a_retry_cancels_a_delivery_whose_recipient_is_gone_and_plans_a_new_pres
         notify(sessions, outbox, ev)
     with sessions.begin() as s:
         s.execute(delete(orm.recipients).where(orm.recipients.c.user_id == "p1"))
-        s.execute(update(orm.recipients).where(orm.recipients.c.user_id == "f1").values(role="president"))
+        s.execute(update(orm.recipients).where(orm.recipients.c.user_id == "f1").values(roles="president"))
 
     outbox.fail = False
     assert notify(sessions, outbox, ev, at=T0 + timedelta(seconds=2), outcomes=outcomes) is True
@@ -214,7 +222,9 @@ def test_a_retry_cancels_a_delivery_whose_recipient_is_gone_and_plans_a_new_pres
 def test_every_president_is_told_and_one_failure_keeps_the_event_open(db):
     engine, sessions = db
     with sessions() as s:
-        handlers.register_recipient(UnitOfWork(s), Recipient("p2", ORG, "president", "email", "p2@test.invalid", "en"))
+        uow = UnitOfWork(s)
+        uow.project_member(ORG, member("p2", ["president"], language="en"))
+        uow.commit()
 
     class FailsForP2(Outbox):
         def send(self, address, message, *, message_key):
@@ -240,7 +250,7 @@ def test_every_president_is_told_and_one_failure_keeps_the_event_open(db):
 def test_an_organisation_without_a_president_is_handled_at_once(db):
     engine, sessions = db
     with sessions.begin() as s:
-        s.execute(delete(orm.recipients).where(orm.recipients.c.role == "president"))
+        s.execute(delete(orm.recipients).where(orm.recipients.c.roles.contains("president")))
     outbox = Outbox()
     assert notify(sessions, outbox, case_opened()) is True
     assert outbox.sent == [] and rows(engine) == [] and handled(engine) == 1
@@ -249,7 +259,9 @@ def test_an_organisation_without_a_president_is_handled_at_once(db):
 def test_a_text_that_cannot_be_rendered_fails_the_delivery_and_is_recorded(db):
     engine, sessions = db
     with sessions() as s:
-        handlers.register_organization(UnitOfWork(s), organization_id=ORG, timezone_name="Nowhere/Atlantis")
+        uow = UnitOfWork(s)
+        uow.project_organization(ORG, {"timezone": "Nowhere/Atlantis", "language": "es", "revision": 2})
+        uow.commit()
     outbox = Outbox()
 
     with pytest.raises(DeliveryFailed):
@@ -258,3 +270,34 @@ def test_a_text_that_cannot_be_rendered_fails_the_delivery_and_is_recorded(db):
     [row] = rows(engine)
     assert (row.status, row.last_error, row.claimed_until) == ("failed", "ZoneInfoNotFoundError", None)
     assert outbox.sent == []
+
+
+def test_a_president_who_also_leads_cases_hears_of_every_new_case(db):
+    engine, sessions = db
+    with sessions() as s:
+        uow = UnitOfWork(s)
+        uow.project_member(ORG, member("p1", ["focal_point"], revision=2))
+        uow.project_member(ORG, member("l1", ["case_lead", "president"]))
+        uow.project_member(ORG, member("x1", ["president"], email=None))  # no address: cannot be e-mailed
+        uow.commit()
+    outbox = Outbox()
+    assert notify(sessions, outbox, case_opened()) is True
+    assert [address for address, _, _ in outbox.sent] == ["l1@test.invalid"]
+    assert [(r.recipient_id, r.recipient_role) for r in rows(engine)] == [("l1", "president")]
+
+
+def test_an_older_or_repeated_member_event_changes_nothing(db):
+    engine, sessions = db
+    with sessions() as s:
+        uow = UnitOfWork(s)
+        assert uow.project_member(ORG, member("p1", ["president", "supervisor"], revision=3,
+                                              supervised_organization_ids=["org-b"])) is True
+        assert uow.project_member(ORG, member("p1", ["focal_point"], revision=2)) is False
+        assert uow.project_member(ORG, member("p1", ["focal_point"], revision=3)) is False
+        uow.commit()
+        row = s.execute(select(orm.recipients).where(orm.recipients.c.user_id == "p1")).one()
+        assert (row.roles, row.revision) == ("president,supervisor", 3)
+        assert [r.user_id for r in uow.supervisors_of("org-b")] == ["p1"]
+        uow.project_member(ORG, member("p1", ["president"], revision=4, active=False))
+        uow.commit()
+        assert uow.supervisors_of("org-b") == [] and uow.recipient("p1") is None

@@ -5,12 +5,15 @@ from services.notifications.adapters.templates import Renderer
 from services.notifications.domain.model import Recipient, overall_status, recipients_for_case_opened
 
 
-def test_presidents_hear_of_every_new_case():
+def test_presidents_hear_of_every_new_case_whatever_other_roles_they_hold():
     people = [
-        Recipient("1", "o", "president", "email", "a@x", "es"),
-        Recipient("2", "o", "focal_point", "email", "b@x", "es"),
+        Recipient("1", "o", "", "email", "a@x", "es", frozenset({"president"})),
+        Recipient("2", "o", "", "email", "b@x", "es", frozenset({"focal_point"})),
+        Recipient("3", "o", "", "email", "c@x", "es", frozenset({"case_lead", "president"})),
+        Recipient("4", "o", "", "email", None, "es", frozenset({"president"})),
     ]
-    assert [r.user_id for r in recipients_for_case_opened(people)] == ["1"]
+    chosen = recipients_for_case_opened(people)
+    assert [(r.user_id, r.role) for r in chosen] == [("1", "president"), ("3", "president")]
 
 
 @pytest.mark.parametrize(
