@@ -33,7 +33,9 @@ def test_a_consumer_refuses_an_unknown_version():
 def test_each_service_gets_its_own_database():
     assert database_url("cases", {"CASES_DATABASE_URL": "postgresql://h/own"}) == "postgresql://h/own"
     assert database_url("cases", {"DATABASE_URL": "postgresql://u:p@h:5432/warmi"}) == "postgresql://u:p@h:5432/warmi_cases"
-    assert database_url("gateway", {"DATABASE_URL": "sqlite:///var/warmi.db"}) == "sqlite:///var/warmi_gateway.db"
+    assert database_url("identity", {"DATABASE_URL": "sqlite:///var/warmi.db"}) == "sqlite:///var/warmi_identity.db"
+    # the gateway keeps no data of its own: its process hosts identity and uses identity's database
+    assert database_url("gateway", {"IDENTITY_DATABASE_URL": "postgresql://h/id"}) == "postgresql://h/id"
     assert database_url("cases", {"WARMI_HOME": "/tmp/x"}).startswith("sqlite:///")
 
 

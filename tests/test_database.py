@@ -15,7 +15,7 @@ def test_a_connection_killed_while_idle_is_replaced_before_use(database_urls, en
     try:
         first = _backend_pid(engine)
         assert _backend_pid(engine) == first  # in steady use: the same connection, not pinged away
-        with engines["gateway"].connect() as admin:
+        with engines["identity"].connect() as admin:
             assert admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first}).scalar()
         monkeypatch.setattr(database, "IDLE_PING_SECONDS", 0.0)  # it has now been idle "long enough"
 
@@ -32,7 +32,7 @@ def test_without_the_idle_ping_the_dead_connection_fails_the_next_transaction(da
     engine = database.make_engine(database_urls["gateway"])
     try:
         first = _backend_pid(engine)
-        with engines["gateway"].connect() as admin:
+        with engines["identity"].connect() as admin:
             admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
         monkeypatch.setattr(database, "IDLE_PING_SECONDS", 3600.0)
         try:
