@@ -27,8 +27,8 @@ A key is written ``<id>:<base64 of 32 random bytes>``.
   (``key_file()``). Raises ``AuditKeyError`` when there is none.
 - ``AuditKeys.from_settings(keys, keys_file)``, ``AuditKeys([...])``.
 - ``generate_key()`` -> ``"<id>:<base64>"``; ``new_key_file(path)`` makes a
-  file with one key unless it exists (True if made); ``add_key(path)`` puts a
-  new newest key first in the file and returns its id. Old keys must stay in
+  file with one key unless it exists (True if made); ``add_key(path, key=None)`` puts
+  a (new) newest key first in the file and returns its id. Old keys must stay in
   the ring as long as entries signed with them are kept.
 
 Tables
@@ -50,6 +50,8 @@ returning ``AuditKeys`` (resolved on first use).
   detail="", at=None) -> Entry``: in the caller's transaction (the caller
   commits). Locks the chain's head row (``SELECT ... FOR UPDATE`` on
   PostgreSQL; SQLite serialises writers itself).
+- ``sign_entry(keys, trail_name, chain=..., ...) -> (key_id, mac)``: the MAC
+  ``append`` writes, for a migration that re-signs older entries.
 - ``trail.entries(session, chain) -> list[Entry]``: one chain, in order.
 - ``trail.heads(session) -> dict[chain, Head]``.
 - ``trail.verify(session, anchored=None) -> list[Problem]``: every entry's
@@ -181,11 +183,11 @@ def new_key_file(path: Path) -> bool:
     return True
 
 
-def add_key(path: Path) -> str:
-    """Put a new newest key first in ``path``, keeping the others; its id."""
+def add_key(path: Path, key: str | None = None) -> str:
+    """Put ``key`` (default: a new one) first in ``path``, keeping the others; its id."""
     path = Path(path)
     existing = path.read_text().split() if path.exists() else []
-    key = generate_key()
+    key = key or generate_key()
     AuditKeys([key, *existing])  # every kept key still parses
     tmp = path.with_name(path.name + ".new")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -284,6 +286,15 @@ def entry_body(trail: str, *, chain: str, position: int, at: datetime, actor_id:
     }
 
 
+def sign_entry(keys: AuditKeys, trail: str, *, chain: str, position: int, at: datetime, actor_id: str, action: str,
+               subjects: dict, detail: str, prev_mac: str) -> tuple[str, str]:
+    """``(key_id, mac)`` of an entry, with the newest key (``append`` uses this;
+    so can a migration that re-signs entries)."""
+    body = entry_body(trail, chain=chain, position=position, at=at, actor_id=actor_id, action=action,
+                      subjects=subjects, detail=detail, key_id=keys.newest_id, prev_mac=prev_mac)
+    return keys.newest_id, keys.mac(keys.newest_id, _ENTRY, body)
+
+
 class AuditTrail:
     def __init__(self, name: str, tables: AuditTables, keys: "AuditKeys | Callable[[], AuditKeys]"):
         self.name = name
@@ -331,16 +342,14 @@ class AuditTrail:
             self._start_chain(session, chain)  # a concurrent first entry waits here, then finds the row
             head = session.execute(query, {"head_chain": chain}).first()
         position = head.position + 1
-        body = entry_body(self.name, chain=chain, position=position, at=at, actor_id=actor_id, action=action,
-                          subjects=subjects, detail=detail, key_id=keys.newest_id, prev_mac=head.mac)
-        mac = keys.mac(keys.newest_id, _ENTRY, body)
+        key_id, mac = sign_entry(keys, self.name, chain=chain, position=position, at=at, actor_id=actor_id,
+                                 action=action, subjects=subjects, detail=detail, prev_mac=head.mac)
         session.execute(self._insert, {
             "chain": chain, "position": position, "at": at, "actor_id": actor_id, "action": action, **subjects,
-            "detail": detail or "", "key_id": keys.newest_id, "prev_mac": head.mac, "mac": mac,
+            "detail": detail or "", "key_id": key_id, "prev_mac": head.mac, "mac": mac,
         })
         session.execute(self._move_head, {"head_chain": chain, "new_position": position, "new_mac": mac})
-        return Entry(None, chain, position, at, actor_id, action, subjects, detail or "", keys.newest_id,
-                     head.mac, mac)
+        return Entry(None, chain, position, at, actor_id, action, subjects, detail or "", key_id, head.mac, mac)
 
     def _entry(self, row) -> Entry:
         return Entry(row.id, row.chain, row.position, row.at, row.actor_id, row.action,

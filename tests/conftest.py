@@ -217,6 +217,15 @@ def smtp(tmp_path):
 
 # -- services ------------------------------------------------------------------
 
+# the audit trail's key for the run: the services get it in their config, the
+# operators' commands and the migrations run here read it from the environment
+from servicekit.audit import generate_key as _audit_key  # noqa: E402
+
+AUDIT_KEYS = _audit_key()
+os.environ["AUDIT_KEYS"] = AUDIT_KEYS
+os.environ.pop("AUDIT_KEYS_FILE", None)
+
+
 @pytest.fixture(scope="session")
 def encryption_key():
     return Fernet.generate_key().decode()
@@ -251,7 +260,8 @@ class Stack:
         if name in ("cases", "referrals"):
             config["OUTBOX"] = {"POLL_INTERVAL": 0.2, "MAX_BACKOFF": 0.5}
         if name == "cases":
-            config.update(ENCRYPTION_KEYS=self.key, EVENT_RETRY={"DELAYS": [0.2, 0.3, 0.4]})
+            config.update(ENCRYPTION_KEYS=self.key, AUDIT_KEYS=AUDIT_KEYS,
+                          EVENT_RETRY={"DELAYS": [0.2, 0.3, 0.4]})
         if name == "notifications":
             config.update(
                 SMTP_URL=self.smtp.url,

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -66,6 +68,7 @@ def _init_keys() -> None:
     from services.cases.adapters.crypto import new_key_file
     from servicekit.config import home
 
+    _init_audit_keys()
     if os.environ.get("CASES_ENCRYPTION_KEYS"):
         return
     path = Path(os.environ.get("CASES_ENCRYPTION_KEYS_FILE") or home() / "cases.keys")
@@ -138,15 +141,84 @@ def _keyring():
     return KeyRing.from_settings(os.environ.get("CASES_ENCRYPTION_KEYS"), str(_key_file()))
 
 
+def _init_audit_keys() -> None:
+    """The audit trail's key (servicekit.audit), unless AUDIT_KEYS gives it."""
+    from servicekit.audit import key_file, new_key_file
+
+    if os.environ.get("AUDIT_KEYS"):
+        return
+    path = key_file()
+    if new_key_file(path):
+        print(f"created the audit trail's key in {path}; keep a copy elsewhere: "
+              "without it the trail cannot be verified")
+
+
+_OPERATOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+
+
+def _operator(args) -> str:
+    """Who runs the command: ``--by``, else the user of the operating system."""
+    from contracts.errors import InvalidInput
+
+    by = getattr(args, "by", None)
+    if by is None:
+        try:
+            by = getpass.getuser()
+        except Exception:  # no name for this uid (a container)
+            by = f"uid-{os.getuid()}"
+    if not _OPERATOR.fullmatch(by):
+        raise InvalidInput("say who you are with letters, digits and . _ @ + - (at most 64)",
+                           {"by": ["letters, digits and . _ @ + - only, at most 64"]})
+    return by
+
+
+def _audited(args, action: str, *, organization_id: str | None = None, **facts) -> None:
+    """Record an operator's command in the cases trail, before it runs: who
+    and what (counts, message or key ids), never survivor data. A command
+    that cannot be recorded does not run (AuditKeyError, InvalidInput)."""
+    from servicekit.audit import AuditKeys
+    from servicekit.config import database_url
+    from servicekit.migrations import upgrade
+    from services.cases.domain.audit import operator_detail
+    from services.cases.service_layer.unit_of_work import UnitOfWork, cases_audit_trail
+    from warmi.admin import session_for
+
+    operator = _operator(args)
+    trail = cases_audit_trail(AuditKeys.configured())
+    upgrade("cases", database_url("cases"))
+    with session_for("cases") as session:
+        uow = UnitOfWork(session, audit_trail=trail)
+        uow.audit_operator(operator=operator, action=action, organization_id=organization_id,
+                           detail=operator_detail(**facts))
+        uow.commit()
+
+
+def _refused(err) -> int:
+    """An operator's command that could not be recorded, so did not run."""
+    from contracts.errors import WarmiError
+
+    if isinstance(err, WarmiError):
+        return _fail(err)
+    print(f"not done: it could not be recorded in the audit trail ({err})", file=sys.stderr)
+    return 2
+
+
 def cmd_keys(args) -> int:
     from cryptography.fernet import Fernet
 
+    from contracts.errors import WarmiError
+    from servicekit.audit import AuditKeyError
     from services.cases.adapters.crypto import KeyRing
     from services.cases.service_layer import keys
     from warmi.admin import session_for
 
     if args.action == "init":
         _init_keys()
+    try:
+        _audited(args, f"keys_{args.action}")
+    except (AuditKeyError, WarmiError) as err:
+        return _refused(err)
+    if args.action == "init":
         return 0
     if args.action == "add":
         if os.environ.get("CASES_ENCRYPTION_KEYS"):
@@ -177,20 +249,86 @@ def cmd_keys(args) -> int:
         return 0
 
 
+def _audit_trails(keys) -> list:
+    """``(name, database service, AuditTrail)`` of every trail `warmi audit`
+    verifies and anchors."""
+    from services.cases.service_layer.unit_of_work import cases_audit_trail
+
+    return [("cases", "cases", cases_audit_trail(keys))]
+
+
+def _anchor_text(value: str) -> str:
+    """``--anchor``: the anchor itself (JSON), or a file holding it."""
+    if value.lstrip().startswith("{"):
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise FileNotFoundError(f"no anchor file {value}")
+    return path.read_text()
+
+
 def cmd_audit(args) -> int:
-    from services.cases.service_layer import queries
-    from services.cases.service_layer.unit_of_work import UnitOfWork
+    """verify [--anchor A]: every entry's MAC and link, every chain against
+    its head and, with an anchor, against the anchored heads. anchor: the
+    heads of every trail, signed, once they verify. add-key: a new newest
+    audit key, which signs what follows (the old ones keep verifying)."""
+    from contracts.errors import WarmiError
+    from servicekit.audit import (
+        AnchorError, AuditKeyError, AuditKeys, add_key, generate_key, key_file, read_anchor, sign_anchor,
+    )
     from warmi.admin import session_for
 
-    with session_for("cases") as session:
-        breaks = queries.verify_audit(UnitOfWork(session))
-    for found in breaks:
-        print(json.dumps({"organization_id": found.organization_id, "entry_id": found.entry_id,
-                          "problem": found.reason}))
-    if breaks:
-        print("the audit trail was altered", file=sys.stderr)
+    if args.action == "add-key":
+        if os.environ.get("AUDIT_KEYS"):
+            print("audit keys come from AUDIT_KEYS: put a new key first there (keep the old ones), e.g. "
+                  "one `python -c 'from servicekit.audit import generate_key; print(generate_key())'` prints",
+                  file=sys.stderr)
+            return 2
+        path, key = key_file(), generate_key()
+        key_id = key.split(":", 1)[0]
+        try:  # recorded with the key in use so far, before the new one signs anything
+            _audited(args, "audit_key_add", key_id=key_id)
+        except (AuditKeyError, WarmiError) as err:
+            return _refused(err)
+        add_key(path, key)
+        print(f"added audit key {key_id} to {path}; it signs new entries. Keep every older key: "
+              "the entries signed with it are verified with it")
+        return 0
+    try:
+        keys = AuditKeys.configured()
+    except AuditKeyError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    anchor = None
+    if args.action == "verify" and args.anchor:
+        try:
+            anchor = read_anchor(keys, _anchor_text(args.anchor))
+        except (AnchorError, OSError) as err:
+            print(f"cannot verify against this anchor: {err}", file=sys.stderr)
+            return 2
+    problems, heads = [], {}
+    trails = _audit_trails(keys)
+    known = {name for name, _, _ in trails}
+    for name in sorted(set(anchor.trails) - known if anchor else ()):
+        problems.append({"trail": name, "problem": "the anchor holds a trail this installation does not know"})
+    for name, service, trail in trails:
+        with session_for(service) as session:
+            found, heads[name] = trail.verify_and_heads(session, anchor.trails.get(name) if anchor else None)
+        problems += [{"trail": name, **p.as_dict()} for p in found]
+    for problem in problems:
+        print(json.dumps(problem))
+    if problems:
+        removed = any("removed" in p["problem"] for p in problems)
+        print("the audit trail was altered" + (": entries were removed" if removed else "")
+              + ("; not anchored" if args.action == "anchor" else ""), file=sys.stderr)
         return 1
-    print("the audit trail is intact")
+    if args.action == "anchor":
+        print(sign_anchor(keys, heads))
+        print(f"the heads of {sum(len(h) for h in heads.values())} chain(s), signed with audit key "
+              f"{keys.newest_id}: keep this anchor where whoever administers the databases cannot "
+              "change it, and verify with `warmi audit verify --anchor <file>`", file=sys.stderr)
+        return 0
+    print("the audit trail is intact" + (f", and holds every entry of the anchor of {anchor.at}" if anchor else ""))
     return 0
 
 
@@ -207,6 +345,13 @@ def cmd_statistics(args) -> int:
     except WarmiError as err:
         return _fail(err)
     caller = Caller("00000000-0000-0000-0000-000000000000", organization_id, frozenset({"programme"}))
+    from servicekit.audit import AuditKeyError
+
+    try:  # the export is recorded before anything is shown
+        _audited(args, "statistics_export", organization_id=organization_id, recount=bool(args.recount),
+                 **{k: v for k, v in vars(args).items() if k.startswith(("from_", "to_"))})
+    except (AuditKeyError, WarmiError) as err:
+        return _refused(err)
     with session_for("cases") as session:
         if args.recount:
             from services.cases.adapters import cells
@@ -245,8 +390,14 @@ def cmd_mail_sink(args) -> int:
 
 
 def cmd_dead_letters(args) -> int:
+    from contracts.errors import WarmiError
+    from servicekit.audit import AuditKeyError
     from servicekit.deadletters import list_dead_letters, replay
 
+    try:  # in the cases trail, whichever service's queue the letters wait in
+        _audited(args, f"dead_letters_{args.action}", message_id=args.id)
+    except (AuditKeyError, WarmiError) as err:
+        return _refused(err)
     if args.action == "list":
         letters = list_dead_letters(_amqp_uri())
         for letter in letters:
@@ -256,6 +407,9 @@ def cmd_dead_letters(args) -> int:
         count = replay(_amqp_uri(), message_id=args.id)
         print(f"replayed {count} dead letter(s)")
     return 0
+
+
+_BY = "who runs it, for the audit trail (default: the operating system's user)"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -270,6 +424,7 @@ def parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("keys", help="encryption keys of case fields: init, add a new one, rotate, retire old ones")
     k.add_argument("action", choices=["init", "add", "rotate", "retire"])
+    k.add_argument("--by", default=None, help=_BY)
     k.set_defaults(fn=cmd_keys)
 
     u = sub.add_parser("create-user", help="a person of an organisation, with a token")
@@ -290,8 +445,10 @@ def parser() -> argparse.ArgumentParser:
                              "other"])
     pr.set_defaults(fn=cmd_create_provider)
 
-    a = sub.add_parser("audit", help="the audit trail of case reads and writes")
-    a.add_argument("action", choices=["verify"])
+    a = sub.add_parser("audit", help="the audit trail: verify it (against an anchor), anchor its heads, add a key")
+    a.add_argument("action", choices=["verify", "anchor", "add-key"])
+    a.add_argument("--anchor", default=None, help="verify: an anchor `warmi audit anchor` printed, or its file")
+    a.add_argument("--by", default=None, help=_BY)
     a.set_defaults(fn=cmd_audit)
 
     st = sub.add_parser("statistics", help="anonymised figures of an organisation, as CSV")
@@ -299,6 +456,7 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--from", dest="from_month", default=None, help="first month, YYYY-MM")
     st.add_argument("--to", dest="to_month", default=None, help="last month, YYYY-MM")
     st.add_argument("--recount", action="store_true", help="rebuild the counts from the cases first")
+    st.add_argument("--by", default=None, help=_BY)
     st.set_defaults(fn=cmd_statistics)
 
     ap = sub.add_parser("assign-protocol", help="the remediation protocol new cases of an organisation follow")
@@ -325,6 +483,7 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("dead-letters", help="events that exhausted their retries, could not be handled, or found no queue")
     d.add_argument("action", choices=["list", "replay"])
     d.add_argument("--id", default=None, help="replay only the message with this id")
+    d.add_argument("--by", default=None, help=_BY)
     d.set_defaults(fn=cmd_dead_letters)
     return p
 

@@ -11,6 +11,7 @@ from servicekit.rpc import rpc
 from contracts import rpc as contract
 from contracts.errors import EXPECTED
 from servicekit import metrics
+from servicekit.audit import AuditKeys
 from servicekit.config import home
 from servicekit.database import Database
 from servicekit.outbox import OutboxRelay
@@ -25,7 +26,7 @@ from services.cases.domain.deadlines import AlertPolicy
 from services.cases.domain.model import Case
 from services.cases.service_layer import consents, handlers, plans, queries
 from services.cases.service_layer.sweep import overdue_steps, sweep
-from services.cases.service_layer.unit_of_work import UnitOfWork
+from services.cases.service_layer.unit_of_work import UnitOfWork, cases_audit_trail
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,17 @@ class Keys(DependencyProvider):
 
     def get_dependency(self, worker_ctx) -> KeyRing:
         return self.keyring
+
+
+class AuditKeysOf(DependencyProvider):
+    """The audit trail, with its keys from AUDIT_KEYS or AUDIT_KEYS_FILE (else
+    audit.keys in WARMI_HOME): the service does not start without one."""
+
+    def setup(self) -> None:
+        self.trail = cases_audit_trail(AuditKeys.configured(self.container.config))
+
+    def get_dependency(self, worker_ctx):
+        return self.trail
 
 
 class Deadlines(DependencyProvider):
@@ -117,6 +129,7 @@ class CasesService:
 
     db = Database()
     keys = Keys()
+    audit_trail = AuditKeysOf()
     deadlines = Deadlines()
     relay = OutboxRelay(orm.outbox)
     retention = Retention(published_outbox(orm.outbox), handled_events(orm.processed_events))
@@ -124,7 +137,7 @@ class CasesService:
     call_headers = CallHeaders()
 
     def _uow(self) -> UnitOfWork:
-        return UnitOfWork(self.db.session, event_headers=self.call_headers)
+        return UnitOfWork(self.db.session, event_headers=self.call_headers, audit_trail=self.audit_trail)
 
     @rpc(expected_exceptions=EXPECTED)
     def open_case(self, caller: dict, payload: dict) -> dict:

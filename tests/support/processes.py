@@ -31,7 +31,8 @@ _OWNED_SUFFIXES = (
     "DATABASE_URL", "_METRICS_ADDRESS", "_EVENT_RETRY_DELAYS", "_ENCRYPTION_KEYS", "_ENCRYPTION_KEYS_FILE",
 )
 _OWNED = {"AMQP_URI", "OUTBOX_AMQP_URI", "GATEWAY_ADDRESS", "SMTP_URL", "WARMI_HOME", "LOG_LEVEL",
-          "CASES_SWEEP_INTERVAL_SECONDS", "CASES_DUE_SOON_HOURS", "MAIL_FROM", "WARMI_PUBLIC_URL"}
+          "CASES_SWEEP_INTERVAL_SECONDS", "CASES_DUE_SOON_HOURS", "MAIL_FROM", "WARMI_PUBLIC_URL",
+          "AUDIT_KEYS", "AUDIT_KEYS_FILE"}
 
 STOP_GRACE_SECONDS = 20.0
 TAIL_LINES = 25
@@ -209,6 +210,7 @@ class ProcessStack:
             MAIL_FROM="Warmi <warmi@test.invalid>",
             WARMI_PUBLIC_URL="https://warmi.test.invalid",
             CASES_ENCRYPTION_KEYS=encryption_key,
+            AUDIT_KEYS=os.environ["AUDIT_KEYS"],  # the run's audit key (tests/conftest.py)
             WARMI_HOME=str(self.workdir / "home"),
             LOG_LEVEL="INFO",
             PYTHONUNBUFFERED="1",  # a killed process leaves its last lines in the log

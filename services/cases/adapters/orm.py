@@ -3,6 +3,7 @@ from sqlalchemy import (
     Boolean, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text, UniqueConstraint, text,
 )
 
+from servicekit.audit import audit_tables
 from servicekit.inbox import inbox_table
 from servicekit.outbox import outbox_table
 from servicekit.types import UtcDateTime
@@ -152,27 +153,10 @@ statistics_cells = Table(
     Column("n", Integer, nullable=False),
 )
 
-audit_heads = Table(
-    "audit_heads",
-    metadata,
-    Column("organization_id", String(36), primary_key=True),
-    Column("last_hash", String(64), nullable=False),
-)
-
-audit_log = Table(
-    "audit_log",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("case_id", String(36), nullable=False, index=True),
-    Column("organization_id", String(36), nullable=False),
-    Column("actor_id", String(36), nullable=False),
-    Column("action", String(32), nullable=False),
-    Column("fields", Text, nullable=False, default=""),
-    Column("at", UtcDateTime(), nullable=False),
-    # each entry's hash covers the one before it in its organisation's chain
-    Column("prev_hash", String(64), nullable=True),
-    Column("hash", String(64), nullable=True),
-)
+# the audit trail (servicekit.audit): one HMAC chain per case, and one for
+# operators' commands; the key lives outside the database
+audit = audit_tables(metadata, "audit", subjects=("case_id", "organization_id"))
+audit_log, audit_heads = audit.log, audit.heads
 
 outbox = outbox_table(metadata)
 processed_events = inbox_table(metadata)

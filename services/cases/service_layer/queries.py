@@ -14,7 +14,7 @@ from services.cases.adapters import orm
 from services.cases.adapters.crypto import KeyRing
 from services.cases.adapters.protocols import load as load_protocol
 from services.cases.domain.access import Caller, statistics_scope
-from services.cases.domain.audit import AuditEntry, verify_chain
+from services.cases.domain.audit import case_chain
 from services.cases.domain.classification import CONTEXT_FLAGS, SEXUAL
 from services.cases.service_layer.editing import load_case
 from services.cases.service_layer.unit_of_work import UnitOfWork
@@ -103,32 +103,19 @@ def list_cases(uow: UnitOfWork, caller: Caller, filters: dict) -> tuple[list, in
 
 def audit_trail(uow: UnitOfWork, caller: Caller, case_id: str) -> list[dict]:
     case = load_case(uow, caller, case_id, "audit_trail")
-    t = orm.audit_log
-    rows = uow.session.execute(select(t).where(t.c.case_id == case.id).order_by(t.c.id)).all()
-    trail = [{"id": r.id, "actor_id": r.actor_id, "action": r.action, "fields": json.loads(r.fields or "[]"),
-              "at": r.at} for r in rows]
+    trail = [{"id": e.id, "actor_id": e.actor_id, "action": e.action, "fields": json.loads(e.detail or "[]"),
+              "at": e.at} for e in uow.audit_trail.entries(uow.session, case_chain(case.id))]
     uow.audit(case_id=case.id, organization_id=case.organization_id, actor_id=caller.user_id,
               action="read_audit", fields=["audit_trail"])
     uow.commit()
     return trail
 
 
-def verify_audit(uow: UnitOfWork) -> list:
-    """Every organisation's chain, checked from its first entry; the breaks found."""
-    t, heads = orm.audit_log, orm.audit_heads
-    breaks = []
-    head_of = dict(uow.session.execute(select(heads.c.organization_id, heads.c.last_hash)).all())
-    organizations = set(head_of) | set(uow.session.execute(select(t.c.organization_id).distinct()).scalars())
-    for organization_id in sorted(organizations):
-        rows = [
-            (r.id, AuditEntry(r.case_id, r.organization_id, r.actor_id, r.action, r.fields, r.at),
-             r.prev_hash, r.hash)
-            for r in uow.session.execute(select(t).where(t.c.organization_id == organization_id).order_by(t.c.id))
-        ]
-        found = verify_chain(organization_id, rows, head_of.get(organization_id))
-        if found:
-            breaks.append(found)
-    return breaks
+def verify_audit(uow: UnitOfWork, anchored: dict | None = None) -> list:
+    """Every chain of the trail, checked from its first entry (MACs, links,
+    heads) and, with ``anchored`` (the cases heads of an anchor), that no
+    anchored entry is gone; the problems found."""
+    return uow.audit_trail.verify(uow.session, anchored)
 
 
 def statistics(uow: UnitOfWork, caller: Caller, filters: dict) -> dict:

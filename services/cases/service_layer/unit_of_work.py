@@ -2,35 +2,32 @@
 trail share one transaction."""
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 
-from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from contracts.events import build_event
 from servicekit import inbox, outbox
+from servicekit.audit import AuditKeys, AuditTrail
 from services.cases.adapters import orm
 from services.cases.adapters.repository import (
     SqlCaseRepository, SqlConsentRepository, SqlOrganizationRepository, SqlPlanRepository, SqlProviderRepository,
 )
-from services.cases.domain.audit import GENESIS, AuditEntry, entry_hash
+from services.cases.domain.audit import OPERATORS, TRAIL, case_chain, field_names
 from services.cases.domain.model import Case
 
 
-# statements built once: building one per call (and its cache key) cost more than running it
-_HEAD = select(orm.audit_heads.c.last_hash).where(orm.audit_heads.c.organization_id == bindparam("head"))
-_HEAD_FOR_UPDATE = _HEAD.with_for_update()
-_MOVE_HEAD = (
-    update(orm.audit_heads).where(orm.audit_heads.c.organization_id == bindparam("head"))
-    .values(last_hash=bindparam("new_hash"))
-)
+def cases_audit_trail(keys: AuditKeys | None = None) -> AuditTrail:
+    """The cases trail; without ``keys``, those configured in the environment
+    (AUDIT_KEYS, AUDIT_KEYS_FILE or WARMI_HOME/audit.keys), read on first use."""
+    return AuditTrail(TRAIL, orm.audit, keys or AuditKeys.configured)
 
 
 class UnitOfWork:
-    def __init__(self, session: Session, *, event_headers: dict | None = None):
+    def __init__(self, session: Session, *, event_headers: dict | None = None,
+                 audit_trail: AuditTrail | None = None):
         self.session = session
+        self.audit_trail = audit_trail or cases_audit_trail()
         self.cases = SqlCaseRepository(session)
         self.plans = SqlPlanRepository(session)
         self.consents = SqlConsentRepository(session)
@@ -57,27 +54,19 @@ class UnitOfWork:
 
     def audit(self, *, case_id: str, organization_id: str, actor_id: str, action: str, fields=(),
               now: datetime | None = None) -> None:
-        """Append to the organisation's hash chain. The head row is locked, so
-        entries of one organisation are chained one after the other."""
-        entry = AuditEntry(case_id, organization_id, actor_id, action, json.dumps(sorted(fields)),
-                           now or datetime.now(timezone.utc))
-        heads = orm.audit_heads
-        query = _HEAD_FOR_UPDATE if self.dialect == "postgresql" else _HEAD
-        organization = {"head": organization_id}
-        previous = self.session.execute(query, organization).scalar()
-        if previous is None:
-            try:
-                with self.session.begin_nested():
-                    self.session.execute(insert(heads).values(organization_id=organization_id, last_hash=GENESIS))
-                previous = GENESIS
-            except IntegrityError:  # another transaction started the chain: wait for its lock
-                previous = self.session.execute(query, organization).scalar()
-        digest = entry_hash(previous, entry)
-        self.session.execute(insert(orm.audit_log), {
-            "case_id": entry.case_id, "organization_id": entry.organization_id, "actor_id": entry.actor_id,
-            "action": entry.action, "fields": entry.fields, "at": entry.at, "prev_hash": previous, "hash": digest,
-        })
-        self.session.execute(_MOVE_HEAD, {"head": organization_id, "new_hash": digest})
+        """Append to the case's own chain (servicekit.audit): its head row is
+        locked, so entries of one case follow one another, while reads of
+        other cases of the organisation go on."""
+        self.audit_trail.append(self.session, chain=case_chain(case_id), actor_id=actor_id, action=action,
+                                subjects={"case_id": case_id, "organization_id": organization_id},
+                                detail=field_names(fields), at=now or datetime.now(timezone.utc))
+
+    def audit_operator(self, *, operator: str, action: str, organization_id: str | None = None, detail: str = "",
+                       now: datetime | None = None) -> None:
+        """An operator's command, in the operators' chain: who and what, never survivor data."""
+        self.audit_trail.append(self.session, chain=OPERATORS, actor_id=operator, action=action,
+                                subjects={"organization_id": organization_id}, detail=detail,
+                                at=now or datetime.now(timezone.utc))
 
     def claim_event(self, event_id: str, handler: str) -> bool:
         """Record the event as handled in this unit of work; False for a repeat."""
