@@ -62,9 +62,10 @@ def seed(engine, organization: str, now: datetime) -> None:
             FROM generate_series(1, :n) AS g"""), {"org": organization, "now": now, "n": ROWS})
         due_every = int(1 / DUE_SHARE)
         conn.execute(text("""
-            INSERT INTO plan_steps (case_id, organization_id, step_id, responsible, due_at, urgent, status,
+            INSERT INTO plan_steps (case_id, organization_id, step_id, ref, responsible, due_at, urgent, status,
                                     alert_stage, next_alert_at)
-            SELECT md5(g::text)::uuid::text, :org, 'R4', 'case_lead', t.due, true, 'open', 1, t.due
+            SELECT md5(g::text)::uuid::text, :org, 'R4', substr(md5('s' || g::text), 1, 16), 'case_lead', t.due,
+                   true, 'open', 1, t.due
             FROM generate_series(1, :n) AS g,
                  LATERAL (SELECT CASE WHEN g % :every = 0 THEN :now - interval '10 minutes'
                                       ELSE :now + (g % 500) * interval '1 hour' END AS due) AS t"""),

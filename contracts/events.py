@@ -1,8 +1,12 @@
 """The event catalogue: name, version, schema and example of every event.
 
 Events carry ids, codes, enums and timestamps; never narrative, names, phone
-numbers or addresses. A schema here is the contract: producers dump through
-it, consumers load through it, and the catalogue test checks every example.
+numbers or addresses, nor free text of any kind, nor anything that tells the
+incident type or the survivor's age: a plan step travels as its opaque
+reference (``step_ref``) and the role it is for, never as the protocol's step
+id (R3 exists only after rape or sexual assault, M1 only for a minor). A
+schema here is the contract: producers dump through it, consumers load
+through it, and the catalogue test checks every example.
 """
 from __future__ import annotations
 
@@ -15,6 +19,15 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 from contracts.envelope import EnvelopeSchema, new_event_id, utcnow
 
 PURPOSES = ("case_management", "referral", "aggregate_reporting")
+ROLES = ("focal_point", "case_lead", "president", "supervisor")
+# why a closed case was reopened: a code, never the words of whoever reopened it
+REOPEN_REASONS = ("new_incident", "survivor_request", "safety_concern", "plan_incomplete", "other")
+# what part of a case changed: groups, not field names (a change of "minor"
+# would say that the survivor's age crossed 18; of "excluded_users", that a
+# member is suspected)
+CHANGES = ("profile", "incident", "team", "plan", "closure_approval")
+# a step's opaque reference (services.cases: plan_steps.ref)
+STEP_REF = validate.Regexp(r"[0-9a-f]{16}\Z")
 
 
 class _Data(Schema):
@@ -29,7 +42,8 @@ class CaseOpenedData(_Data):
 
 
 class CaseUpdatedData(_Data):
-    changed = fields.List(fields.String(), required=True)  # field names, never values
+    changed = fields.List(fields.String(validate=validate.OneOf(CHANGES)), required=True,
+                          validate=validate.Length(min=1, max=len(CHANGES)))
 
 
 class CaseClassifiedData(_Data):
@@ -50,23 +64,28 @@ class ConsentRecordedData(_Data):
 
 
 class ConsentWithdrawnData(_Data):
+    # no list of the steps it cancelled: whether the medical referral was among
+    # them would tell rape or sexual assault
     consent_id = fields.UUID(required=True)
     purpose = fields.String(required=True, validate=validate.OneOf(PURPOSES))
     withdrawn_by = fields.UUID(required=True)
-    cancelled_steps = fields.List(fields.String(), required=True)
 
 
 class StepCompletedData(_Data):
-    step_id = fields.String(required=True)
+    step_ref = fields.String(required=True, validate=STEP_REF)
+    responsible = fields.String(required=True, validate=validate.OneOf(ROLES))
     completed_by = fields.UUID(required=True)
     completed_at = fields.AwareDateTime(required=True)
     outcome = fields.String(required=True, validate=validate.OneOf(["done", "declined"]))
 
 
 class StepAlertData(_Data):
-    step_id = fields.String(required=True)
+    """A plan step falls due: its reference, when, and the one role it is for
+    (the first the protocol names: a pair of roles would single out M1)."""
+
+    step_ref = fields.String(required=True, validate=STEP_REF)
     due_at = fields.AwareDateTime(required=True)
-    responsible = fields.List(fields.String(), required=True)
+    responsible = fields.String(required=True, validate=validate.OneOf(ROLES))
 
 
 class StepEscalatedData(StepAlertData):
@@ -80,7 +99,7 @@ class CaseClosedData(_Data):
 
 class CaseReopenedData(_Data):
     reopened_by = fields.UUID(required=True)
-    reason = fields.String(required=True)
+    reason = fields.String(required=True, validate=validate.OneOf(REOPEN_REASONS))
 
 
 class ProviderRegisteredData(_Data):
@@ -111,14 +130,16 @@ _ORG = "0c9a3c1e-5f0b-4f7e-8d3a-6b2e1f4c9d70"
 _CASE = "5e1d7c2a-9b3f-4e68-a0d4-c7f2b8e91a36"
 _USER = "a3f9e2c1-7b4d-4c8e-9f1a-2d6b5e0c8f47"
 _AT = "2026-11-20T14:05:00+00:00"
+_STEP = "9c41e07a5b2d8f36"
 
 
-def _event(name: str, schema: type[Schema], data: dict, consumers: tuple[str, ...] | None = None) -> EventType:
+def _event(name: str, schema: type[Schema], data: dict, consumers: tuple[str, ...] | None = None, *,
+           version: int = 1) -> EventType:
     return EventType(
-        name=name, version=1, source="cases", schema=schema,
+        name=name, version=version, source="cases", schema=schema,
         consumers=(_NOTIFY.format(name),) if consumers is None else consumers,
         example={
-            "event_id": "7f2b6a9e-3c1d-4a57-9b8e-2d4f6a1c0e93", "type": name, "version": 1,
+            "event_id": "7f2b6a9e-3c1d-4a57-9b8e-2d4f6a1c0e93", "type": name, "version": version,
             "occurred_at": _AT, "organization_id": _ORG, "case_id": _CASE, "data": data,
         },
     )
@@ -128,7 +149,9 @@ CATALOGUE: dict[str, EventType] = {
     e.name: e
     for e in (
         _event("case_opened", CaseOpenedData, {"survivor_code": "CEC-2026-0001", "opened_by": _USER, "opened_at": _AT}),
-        _event("case_updated", CaseUpdatedData, {"changed": ["incident_at", "place"]}),
+        # version 2: change groups instead of field names; no step ids, no
+        # list of cancelled steps, step references and one role; reopening codes
+        _event("case_updated", CaseUpdatedData, {"changed": ["incident"]}, version=2),
         _event("case_classified", CaseClassifiedData, {"classified_by": _USER}),
         _event("risk_changed", RiskChangedData, {"risk_level": "high", "changed_by": _USER}),
         _event("consent_recorded", ConsentRecordedData, {
@@ -136,17 +159,20 @@ CATALOGUE: dict[str, EventType] = {
             "provider_id": "e4b2c9d1-8a3f-4b6e-a1c7-5d9f0e2b3a84", "recorded_by": _USER},
             ("referrals.handle_consent_recorded",)),
         _event("consent_withdrawn", ConsentWithdrawnData, {
-            "consent_id": "d1c8e0a4-2b7f-4e5a-9c3d-6f1b2a8e7c90", "purpose": "referral", "withdrawn_by": _USER,
-            "cancelled_steps": ["R3", "R6"]}, ("referrals.handle_consent_withdrawn",)),
+            "consent_id": "d1c8e0a4-2b7f-4e5a-9c3d-6f1b2a8e7c90", "purpose": "referral", "withdrawn_by": _USER},
+            ("referrals.handle_consent_withdrawn",), version=2),
         _event("step_completed", StepCompletedData, {
-            "step_id": "R0", "completed_by": _USER, "completed_at": _AT, "outcome": "done"}),
-        _event("step_due_soon", StepAlertData, {"step_id": "R1", "due_at": _AT, "responsible": ["case_lead"]}),
-        _event("step_overdue", StepAlertData, {"step_id": "R1", "due_at": _AT, "responsible": ["case_lead"]}),
+            "step_ref": _STEP, "responsible": "focal_point", "completed_by": _USER, "completed_at": _AT,
+            "outcome": "done"}, version=2),
+        _event("step_due_soon", StepAlertData, {"step_ref": _STEP, "due_at": _AT, "responsible": "case_lead"},
+               version=2),
+        _event("step_overdue", StepAlertData, {"step_ref": _STEP, "due_at": _AT, "responsible": "case_lead"},
+               version=2),
         _event("step_escalated", StepEscalatedData, {
-            "step_id": "R1", "due_at": _AT, "responsible": ["case_lead"], "rung": "president"}),
+            "step_ref": _STEP, "due_at": _AT, "responsible": "case_lead", "rung": "president"}, version=2),
         _event("case_closed", CaseClosedData, {"closed_by": _USER, "reason": "survivor_agreed"},
                (_NOTIFY.format("case_closed"), "referrals.handle_case_closed")),
-        _event("case_reopened", CaseReopenedData, {"reopened_by": _USER, "reason": "new_incident"}),
+        _event("case_reopened", CaseReopenedData, {"reopened_by": _USER, "reason": "new_incident"}, version=2),
         EventType(
             name="provider_registered", version=1, source="referrals", schema=ProviderRegisteredData,
             consumers=("cases.handle_provider_registered",),

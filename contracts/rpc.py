@@ -11,6 +11,7 @@ from datetime import timezone
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from contracts.errors import InvalidInput
+from contracts.events import REOPEN_REASONS
 from contracts.fields import Instant, StrictBoolean, StrictInteger, StrictList, StrictString
 
 ROLES = ("focal_point", "case_lead", "president", "supervisor", "programme", "operator")
@@ -128,7 +129,7 @@ class CloseSchema(Versioned):
 
 
 class ReopenSchema(Versioned):
-    reason = StrictString(required=True, validate=validate.Regexp(r"[a-z_]{2,32}\Z"))
+    reason = _choice(REOPEN_REASONS, required=True)  # a code, never free text: it travels in an event
 
 
 class ListFilterSchema(Strict):
@@ -143,10 +144,12 @@ class ListFilterSchema(Strict):
 
 
 class StatisticsFilterSchema(Strict):
-    """Months, both included: ``from=2026-01&to=2026-03`` is the first quarter."""
+    """Whole calendar quarters, both included: ``from=2026-Q1&to=2026-Q4`` is
+    2026, reported quarter by quarter. Months are refused: figures of two
+    month ranges could be subtracted to give a withheld one."""
 
-    from_ = StrictString(data_key="from", load_default=None, validate=validate.Regexp(r"\d{4}-(0[1-9]|1[0-2])\Z"))
-    to = StrictString(load_default=None, validate=validate.Regexp(r"\d{4}-(0[1-9]|1[0-2])\Z"))
+    from_ = StrictString(data_key="from", load_default=None, validate=_QUARTER)
+    to = StrictString(load_default=None, validate=_QUARTER)
 
 
 class CaseViewSchema(Schema):
@@ -157,6 +160,9 @@ class CaseViewSchema(Schema):
     minor = fields.Boolean()
     risk_level = fields.String(allow_none=True)
     incident_type = fields.String(allow_none=True)
+_QUARTER = validate.Regexp(r"\d{4}-Q[1-4]\Z", error="a calendar quarter, e.g. 2026-Q1")
+
+
     delay_bucket = fields.String(allow_none=True)
     case_lead_id = fields.UUID(allow_none=True)
     child_sexual_abuse = fields.Boolean()

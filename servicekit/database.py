@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 
 from nameko.extensions import DependencyProvider, SharedExtension
@@ -38,13 +39,20 @@ def normalize_url(url: str) -> str:
 
 
 def make_engine(url: str, *, green: bool = False) -> Engine:
-    """An engine for ``url``; ``green`` makes psycopg2 cooperate with eventlet."""
+    """An engine for ``url``; ``green`` makes psycopg2 cooperate with eventlet.
+
+    Bound values are survivor data: the engine never shows them. Its errors
+    say "[SQL parameters hidden]" (``hide_parameters``), PostgreSQL's own
+    messages lose the values they quote (``withhold_values``), and SQLAlchemy
+    never logs statements or rows, whatever the root logger's level."""
     url = normalize_url(url)
+    quiet_engine_logs()
     if url.startswith("sqlite"):
         # SQLite blocks the whole process while it waits for a lock, so one
         # connection per process, handed out in turn by a (green) pool.
         engine = create_engine(
             url,
+            hide_parameters=True,
             poolclass=QueuePool,
             pool_size=1,
             max_overflow=0,
@@ -66,10 +74,56 @@ def make_engine(url: str, *, green: bool = False) -> Engine:
         patch_psycopg()
     # values_plus_batch: executemany UPDATEs go out in pages, not one round trip a row
     engine = create_engine(
-        url, pool_size=10, max_overflow=10, pool_recycle=RECYCLE_SECONDS, executemany_mode="values_plus_batch"
+        url, pool_size=10, max_overflow=10, pool_recycle=RECYCLE_SECONDS, executemany_mode="values_plus_batch",
+        hide_parameters=True,
     )
     ping_when_idle(engine)
+    event.listen(engine, "handle_error", _withhold_values)
     return engine
+
+
+def quiet_engine_logs() -> None:
+    """SQLAlchemy logs every statement at INFO and every row at DEBUG when
+    its logger inherits such a level (``LOG_LEVEL=DEBUG``): rows hold survivor data."""
+    for name in ("sqlalchemy.engine", "sqlalchemy.orm"):
+        if logging.getLogger(name).getEffectiveLevel() < logging.WARNING:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+_QUOTED = re.compile(r'"(?:[^"]|"")*"')
+
+
+def withheld_message(orig: BaseException) -> str:
+    """PostgreSQL's message for an error without the values it quotes: its
+    DETAIL repeats a row or key ("Key (idempotency_key)=(...)"), its first
+    line the value it could not read ('invalid input syntax for type uuid:
+    "..."'). What is left: the first line with every quoted part withheld,
+    the SQLSTATE and the names of the table, column and constraint."""
+    diag = getattr(orig, "diag", None)
+    text_ = str(orig)
+    primary = (getattr(diag, "message_primary", None) or (text_.splitlines() or [""])[0])
+    named = [f"{label} {value}" for label, value in (
+        ("table", getattr(diag, "table_name", None)), ("column", getattr(diag, "column_name", None)),
+        ("constraint", getattr(diag, "constraint_name", None))) if value]
+    code = getattr(orig, "pgcode", None)
+    details = "; ".join(([f"SQLSTATE {code}"] if code else []) + named)
+    return f"{_QUOTED.sub('<withheld>', primary)} ({details}; values withheld)" if details else \
+        f"{_QUOTED.sub('<withheld>', primary)} (values withheld)"
+
+
+def _withhold_values(context) -> None:
+    """``handle_error``: the DBAPI error and SQLAlchemy's wrapper of it say
+    what went wrong without a value, in the message, a traceback or an RPC
+    error's text."""
+    orig = context.original_exception
+    try:
+        message = withheld_message(orig)
+        orig.args = (message,)
+    except Exception:  # never let the scrub hide the error itself
+        return
+    wrapper = context.sqlalchemy_exception
+    if wrapper is not None and getattr(wrapper, "orig", None) is orig:
+        wrapper.args = (f"({type(orig).__module__}.{type(orig).__name__}) {message}",)
 
 
 def ping_when_idle(engine: Engine) -> None:

@@ -1,6 +1,7 @@
 """The deadline sweep with two replicas at once, on PostgreSQL and on
 SQLite, and re-planning racing the sweep."""
 import json
+import secrets
 import subprocess
 import sys
 import uuid
@@ -42,7 +43,8 @@ def seed(engine, now: datetime = NOW) -> None:
             for n, cid in enumerate(ids)
         ])
         conn.execute(insert(orm.plan_steps), [
-            {"case_id": cid, "organization_id": organization, "step_id": step_id, "responsible": "case_lead",
+            {"case_id": cid, "organization_id": organization, "step_id": step_id, "ref": secrets.token_hex(8),
+             "responsible": "case_lead",
              "due_at": due + shift, "urgent": True, "status": "open", "alert_stage": 0,
              "next_alert_at": alert_time(0, due + shift, POLICY)}
             for cid in ids for step_id, due in STEPS.items()
@@ -55,11 +57,17 @@ def assert_each_alert_staged_once(engine) -> None:
     keys = Counter()
     for body in bodies:
         event = json.loads(body)
-        keys[(event["case_id"], event["data"]["step_id"], event["type"], event["data"].get("rung"))] += 1
+        keys[(event["case_id"], event["data"]["step_ref"], event["type"], event["data"].get("rung"))] += 1
     assert len(keys) == CASES * EXPECTED_PER_CASE
     assert set(keys.values()) == {1}, "an alert was staged twice"
     kinds = Counter(k[2] for k in keys)
     assert kinds == {"step_due_soon": 2 * CASES, "step_overdue": 2 * CASES, "step_escalated": 2 * CASES}
+
+
+def step_ids(engine) -> dict:
+    """Each step's protocol id by its reference: the events name only the reference."""
+    with engine.connect() as conn:
+        return dict(conn.execute(text("SELECT ref, step_id FROM plan_steps")).all())
 
 
 def organization_with_focal_point(engine) -> tuple:
@@ -169,8 +177,9 @@ def test_a_due_time_moved_while_the_sweep_runs_neither_resends_alerts_nor_undoes
     # R4 is now due 72 hours after opening: due soon, overdue and the president's
     # escalation hold for that time too; only the supervisor's is still ahead
     assert r4.alert_stage == 3
+    ids = step_ids(engine)
     r4_alerts = sorted((e["type"], e["data"].get("rung") or "") for e in map(json.loads, bodies)
-                       if e["data"]["step_id"] == "R4")
+                       if ids[e["data"]["step_ref"]] == "R4")
     assert r4_alerts == [("step_due_soon", ""), ("step_escalated", "president"), ("step_escalated", "supervisor"),
                          ("step_overdue", "")]
     # and no sweep of the same moment sends any of them again, for R4 or any other step
@@ -197,8 +206,10 @@ def test_the_sweep_timer_of_the_running_service_sends_due_alerts(stack, clean_da
                message="the alert to be counted")
     assert REGISTRY.get_sample_value("warmi_plan_steps_overdue", {"service": "cases"}) == 0
     event = json.loads(found[0])
-    assert event["case_id"] == case["id"] and event["data"]["step_id"] == "R0"
-    assert event["data"]["responsible"] == ["focal_point"]
+    r0 = next(s for s in stack.get_case(org["president"]["token"], case["id"]).json()["plan"]["steps"]
+              if s["step_id"] == "R0")
+    assert event["case_id"] == case["id"] and event["data"]["step_ref"] == r0["ref"]
+    assert event["data"]["responsible"] == "focal_point"
 
 
 @pytest.mark.timeout(240)  # longer than its own wait for every alert
@@ -225,7 +236,7 @@ def test_two_running_cases_services_sweeping_10000_cases_stage_each_alert_once(s
             eventlet.sleep(1.0)  # a few more sweeps by both replicas: nothing new may appear
             assert staged() == expected
             repeats = conn.execute(text(
-                "SELECT count(*) FROM (SELECT body::json->>'case_id' AS c, body::json->'data'->>'step_id' AS s, "
+                "SELECT count(*) FROM (SELECT body::json->>'case_id' AS c, body::json->'data'->>'step_ref' AS s, "
                 "routing_key, body::json->'data'->>'rung' AS r FROM outbox "
                 "GROUP BY 1, 2, 3, 4 HAVING count(*) > 1) AS twice")).scalar()
             assert repeats == 0
@@ -249,7 +260,9 @@ def test_a_new_case_gets_no_due_soon_alert_for_a_step_already_inside_its_window(
     def alerts_of(case_id):
         with engine.connect() as conn:
             bodies = conn.execute(text("SELECT body FROM outbox WHERE routing_key LIKE 'step_%'")).scalars().all()
-        return sorted((e["data"]["step_id"], e["type"]) for e in map(json.loads, bodies) if e["case_id"] == case_id)
+        ids = step_ids(engine)
+        return sorted((ids[e["data"]["step_ref"]], e["type"]) for e in map(json.loads, bodies)
+                      if e["case_id"] == case_id)
 
     assert sweep(sessions, POLICY, now=now + timedelta(minutes=1)) == 0
     assert alerts_of(case.id) == []

@@ -173,10 +173,13 @@ def test_query_parameters_are_as_strict(running):
         ("page twice", "/cases?page=1&page=2", "page"),
         ("an unknown parameter", "/cases?sort=newest", "sort"),
         ("a NUL in a filter", "/cases?status=open%00", "status"),
-        ("a month that is not one", "/statistics?from=2026-13", "from"),
-        ("a month with a line break", "/statistics?from=2026-01%0A", "from"),
+        ("a quarter that is not one", "/statistics?from=2026-Q5&to=2026-Q4", "from"),
+        ("a month, not a whole quarter", "/statistics?from=2026-01&to=2026-Q4", "from"),
+        ("a quarter with a line break", "/statistics?from=2026-Q1%0A&to=2026-Q4", "from"),
+        ("a range that ends before it starts", "/statistics?from=2026-Q3&to=2026-Q2", "to"),
+        ("a range with one end", "/statistics?from=2026-Q1", "to"),
         ("an unknown format", "/statistics?format=xml", "format"),
-        ("a month twice", "/statistics?from=2026-01&from=2026-02", "from"),
+        ("a quarter twice", "/statistics?from=2026-Q1&from=2026-Q2", "from"),
     ]:
         response = stack.api("GET", path, president)
         assert_refused(response, 422, "invalid_input", field, label)
@@ -187,4 +190,4 @@ def test_query_parameters_are_as_strict(running):
     assert listed.status_code == 200, listed.text
     assert [c["id"] for c in listed.json()["items"]] == [case["id"]]
     assert stack.api("GET", "/cases?overdue=true", president).json()["items"] == []
-    assert stack.api("GET", "/statistics?from=2026-01&to=2026-12&format=json", president).status_code == 200
+    assert stack.api("GET", "/statistics?from=2026-Q1&to=2026-Q4&format=json", president).status_code == 200

@@ -358,7 +358,11 @@ def cmd_statistics(args) -> int:
 
             cells.recount(session)
             session.commit()
-        figures = queries.statistics(UnitOfWork(session), caller, {"from": args.from_month, "to": args.to_month})
+        try:
+            figures = queries.statistics(UnitOfWork(session), caller,
+                                         {"from": args.from_quarter, "to": args.to_quarter})
+        except WarmiError as err:
+            return _fail(err)
     print(queries.statistics_csv(figures), end="")
     return 0
 
@@ -453,8 +457,8 @@ def parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("statistics", help="anonymised figures of an organisation, as CSV")
     st.add_argument("--org", required=True)
-    st.add_argument("--from", dest="from_month", default=None, help="first month, YYYY-MM")
-    st.add_argument("--to", dest="to_month", default=None, help="last month, YYYY-MM")
+    st.add_argument("--from", dest="from_quarter", default=None, help="first calendar quarter, e.g. 2026-Q1")
+    st.add_argument("--to", dest="to_quarter", default=None, help="last calendar quarter, e.g. 2026-Q4")
     st.add_argument("--recount", action="store_true", help="rebuild the counts from the cases first")
     st.add_argument("--by", default=None, help=_BY)
     st.set_defaults(fn=cmd_statistics)

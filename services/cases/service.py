@@ -19,7 +19,7 @@ from servicekit.retention import Retention, handled_events, published_outbox
 from servicekit.reliable_events import event_consumer
 from servicekit.telemetry import CallHeaders, Telemetry
 from servicekit.timers import configured_timer
-from services.cases.adapters import orm
+from services.cases.adapters import crypto, orm
 from services.cases.adapters.crypto import KeyRing
 from services.cases.domain.access import Caller
 from services.cases.domain.deadlines import AlertPolicy
@@ -137,7 +137,9 @@ class CasesService:
     call_headers = CallHeaders()
 
     def _uow(self) -> UnitOfWork:
-        return UnitOfWork(self.db.session, event_headers=self.call_headers, audit_trail=self.audit_trail)
+        session = self.db.session
+        crypto.bind(session, self.keys)  # the case's facts and exclusions are read and written encrypted
+        return UnitOfWork(session, event_headers=self.call_headers, audit_trail=self.audit_trail)
 
     @rpc(expected_exceptions=EXPECTED)
     def open_case(self, caller: dict, payload: dict) -> dict:

@@ -72,7 +72,7 @@ def observe(engines: dict, mail_folder: Path) -> Observation:
     alerts: Counter = Counter()
     for body in alert_rows:
         event = json.loads(body)
-        alerts[(event["case_id"], event["data"]["step_id"], event["data"]["due_at"])] += 1
+        alerts[(event["case_id"], event["data"]["step_ref"], event["data"]["due_at"])] += 1
     emails_per_case: Counter = Counter()
     message_ids: dict[str, list[str]] = {}
     emails = 0

@@ -42,7 +42,7 @@ def claim(session: Session, now: datetime, batch: int) -> list:
     and skips rows another replica holds; SQLite holds the database's write lock."""
     t = orm.plan_steps
     query = (
-        select(t.c.id, t.c.case_id, t.c.organization_id, t.c.step_id, t.c.responsible, t.c.due_at,
+        select(t.c.id, t.c.case_id, t.c.organization_id, t.c.ref, t.c.responsible, t.c.due_at,
                t.c.alert_stage, t.c.next_alert_at)
         .where(t.c.status == "open", t.c.next_alert_at.is_not(None), t.c.next_alert_at <= now)
         .order_by(t.c.next_alert_at)

@@ -48,11 +48,12 @@ cases = Table(
     # survivor profile and incident (no identity: that is survivor_name_enc)
     Column("minor", Boolean, nullable=False, server_default=text("false")),
     Column("disability", Boolean, nullable=True),
-    Column("place", String(32), nullable=True),
-    Column("perpetrator_relationship", String(32), nullable=True),
+    # encrypted with the key ring, padded so that the length tells no code from another
+    Column("place_enc", Text, nullable=True),
+    Column("perpetrator_relationship_enc", Text, nullable=True),
     Column("context_flags", String(200), nullable=False, server_default=""),
     Column("incident_type", String(32), nullable=True),
-    Column("classification_answers", Text, nullable=True),
+    Column("classification_answers_enc", Text, nullable=True),
     Column("delay_bucket", String(16), nullable=True),
     Column("risk_level", String(16), nullable=True),
     Column("case_lead_id", String(36), nullable=True, index=True),
@@ -68,11 +69,14 @@ cases = Table(
     Index("ix_cases_org_status", "organization_id", "status"),
 )
 
+# an excluded member names a suspect: her id is stored encrypted, and found
+# through its keyed digest (crypto.KeyRing.digest), never in the clear
 case_exclusions = Table(
     "case_exclusions",
     metadata,
     Column("case_id", String(36), ForeignKey("cases.id"), primary_key=True),
-    Column("user_id", String(36), primary_key=True),
+    Column("user_digest", String(64), primary_key=True),
+    Column("user_id_enc", Text, nullable=False),
     Column("excluded_by", String(36), nullable=False),
     Column("at", UtcDateTime(), nullable=False),
 )
@@ -112,6 +116,8 @@ plan_steps = Table(
     Column("case_id", String(36), ForeignKey("cases.id"), nullable=False, index=True),
     Column("organization_id", String(36), nullable=False),
     Column("step_id", String(8), nullable=False),
+    # the step's opaque reference: events name it instead of the protocol's step id
+    Column("ref", String(16), nullable=False),
     Column("responsible", String(100), nullable=False),
     Column("due_at", UtcDateTime(), nullable=False),
     Column("urgent", Boolean, nullable=False),

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from contracts.events import ROLES as STEP_ROLES
 from contracts.rpc import ROLES
 from services.cases.domain.classification import IncidentType
 from services.cases.domain.protocol import Due, DueKind, Protocol, StepRule
@@ -44,7 +45,9 @@ class StepSchema(Schema):
 
     id = fields.String(required=True, validate=validate.Regexp(r"^[A-Z][A-Z0-9]{0,7}$"))
     title = fields.Dict(keys=fields.String(validate=validate.OneOf(["es", "en"])), values=fields.String(), required=True)
-    responsible = fields.List(fields.String(validate=validate.OneOf(ROLES)), required=True, validate=validate.Length(min=1))
+    # the roles a step's alerts may name (contracts.events): a plan step is case work
+    responsible = fields.List(fields.String(validate=validate.OneOf(STEP_ROLES)), required=True,
+                              validate=validate.Length(min=1))
     due = fields.Nested(DueSchema, required=True)
     done_when = fields.String(required=True)
     types = fields.List(fields.String(validate=validate.OneOf([t.value for t in IncidentType])))

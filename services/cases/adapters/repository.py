@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from servicekit.database import insert_rows
 from services.cases.adapters import cells, orm
+from services.cases.adapters.crypto import bound
 from services.cases.domain.classification import IncidentType
 from services.cases.domain.consent import Consent
 from services.cases.domain.model import Case, Organization, StaleCase
@@ -21,21 +22,37 @@ from services.cases.domain.status import CaseStatus
 
 _CASE_COLUMNS = (
     "id", "organization_id", "survivor_code", "age_group", "sex", "incident_at", "opened_at", "opened_by",
-    "idempotency_key", "minor", "disability", "place", "perpetrator_relationship", "delay_bucket",
+    "idempotency_key", "minor", "disability", "delay_bucket",
     "case_lead_id", "protocol_id", "protocol_version", "closure_approved_by", "version", "updated_at",
     "opened_month", "reporting_consent",
 )
 
 
-def _case_values(case: Case) -> dict:
+# codes and answers are padded before encryption: "processing_plant" or six
+# answers would otherwise show in the length of their ciphertext
+CODE_PAD, ANSWERS_PAD = 32, 256
+
+
+def _seal(session: Session, value: str | None, pad: int) -> str | None:
+    return None if value is None else bound(session).encrypt(value, pad_to=pad)
+
+
+def _open(session: Session, ciphertext: str | None) -> str | None:
+    return None if ciphertext is None else bound(session).decrypt(ciphertext, padded=True)
+
+
+def _case_values(session: Session, case: Case) -> dict:
     values = {name: getattr(case, name) for name in _CASE_COLUMNS}
+    answers = json.dumps(case.classification_answers, sort_keys=True) if case.classification_answers else None
     values.update(
         status=case.status.value,
         narrative_enc=case.narrative_ciphertext,
         survivor_name_enc=case.survivor_name_ciphertext,
+        place_enc=_seal(session, case.place, CODE_PAD),
+        perpetrator_relationship_enc=_seal(session, case.perpetrator_relationship, CODE_PAD),
         context_flags=",".join(sorted(case.context_flags)),
         incident_type=case.incident_type.value if case.incident_type else None,
-        classification_answers=json.dumps(case.classification_answers) if case.classification_answers else None,
+        classification_answers_enc=_seal(session, answers, ANSWERS_PAD),
         risk_level=case.risk.value if case.risk else None,
     )
     return values
@@ -46,6 +63,7 @@ class StepRow:
     id: int
     case_id: str
     step_id: str
+    ref: str
     responsible: tuple[str, ...]
     due_at: datetime
     urgent: bool
@@ -68,7 +86,7 @@ class SqlCaseRepository:
 
     def add(self, case: Case) -> None:
         # the values as parameters of a statement compiled once, not built into a new one each time
-        self.session.execute(insert(orm.cases), _case_values(case))
+        self.session.execute(insert(orm.cases), _case_values(self.session, case))
         cells.move(self.session, None, cells.key_of(case))
         self._cells[case.id] = cells.key_of(case)
 
@@ -77,7 +95,7 @@ class SqlCaseRepository:
         result = self.session.execute(
             update(orm.cases)
             .where(orm.cases.c.id == case.id, orm.cases.c.version == expected_version)
-            .values(**{k: v for k, v in _case_values(case).items() if k != "id"})
+            .values(**{k: v for k, v in _case_values(self.session, case).items() if k != "id"})
         )
         if result.rowcount != 1:
             raise StaleCase("the case was changed by someone else meanwhile")
@@ -108,8 +126,9 @@ class SqlCaseRepository:
 
     def _to_case(self, row) -> Case:
         excluded = self.session.execute(
-            select(orm.case_exclusions.c.user_id).where(orm.case_exclusions.c.case_id == row.id)
+            select(orm.case_exclusions.c.user_id_enc).where(orm.case_exclusions.c.case_id == row.id)
         ).scalars().all()
+        answers = _open(self.session, row.classification_answers_enc)
         return Case(
             id=row.id,
             organization_id=row.organization_id,
@@ -123,14 +142,14 @@ class SqlCaseRepository:
             narrative_ciphertext=row.narrative_enc,
             survivor_name_ciphertext=row.survivor_name_enc,
             idempotency_key=row.idempotency_key,
-            excluded_users=frozenset(excluded),
+            excluded_users=frozenset(bound(self.session).decrypt(e) for e in excluded),
             minor=bool(row.minor),
             disability=row.disability,
-            place=row.place,
-            perpetrator_relationship=row.perpetrator_relationship,
+            place=_open(self.session, row.place_enc),
+            perpetrator_relationship=_open(self.session, row.perpetrator_relationship_enc),
             context_flags=frozenset(f for f in (row.context_flags or "").split(",") if f),
             incident_type=IncidentType(row.incident_type) if row.incident_type else None,
-            classification_answers=json.loads(row.classification_answers) if row.classification_answers else None,
+            classification_answers=json.loads(answers) if answers else None,
             delay_bucket=row.delay_bucket,
             risk=Risk(row.risk_level) if row.risk_level else None,
             case_lead_id=row.case_lead_id,
@@ -144,11 +163,16 @@ class SqlCaseRepository:
         )
 
     def exclude(self, case_id: str, user_id: str, by: str, now: datetime) -> None:
+        """The user's id encrypted, and its keyed digest to find it by."""
+        keyring, t = bound(self.session), orm.case_exclusions
+        if self.session.execute(select(t.c.case_id).where(
+                t.c.case_id == case_id, t.c.user_digest.in_(keyring.digests(user_id)))).first():
+            return  # already excluded (perhaps under an older key)
         try:
             with self.session.begin_nested():
-                self.session.execute(
-                    insert(orm.case_exclusions).values(case_id=case_id, user_id=user_id, excluded_by=by, at=now)
-                )
+                self.session.execute(insert(t).values(
+                    case_id=case_id, user_digest=keyring.digest(user_id), user_id_enc=keyring.encrypt(user_id),
+                    excluded_by=by, at=now))
         except IntegrityError:
             pass  # already excluded
 
@@ -184,7 +208,7 @@ class SqlPlanRepository:
     @staticmethod
     def _step_row(r) -> StepRow:
         return StepRow(
-            id=r.id, case_id=r.case_id, step_id=r.step_id, responsible=tuple(r.responsible.split(",")),
+            id=r.id, case_id=r.case_id, step_id=r.step_id, ref=r.ref, responsible=tuple(r.responsible.split(",")),
             due_at=r.due_at, urgent=bool(r.urgent), status=r.status, completed_at=r.completed_at,
             completed_by=r.completed_by, outcome=r.outcome, note_ciphertext=r.note_enc,
             approved_by=r.approved_by, alert_stage=r.alert_stage, next_alert_at=r.next_alert_at,
@@ -192,7 +216,7 @@ class SqlPlanRepository:
 
     def add_many(self, steps: list[dict]) -> None:
         """New open steps in one statement; each dict has case_id,
-        organization_id, step_id, responsible, due_at, urgent, alert_stage
+        organization_id, step_id, ref, responsible, due_at, urgent, alert_stage
         and next_alert_at."""
         insert_rows(self.session, orm.plan_steps,
                     [dict(step, responsible=",".join(step["responsible"]), status="open") for step in steps])

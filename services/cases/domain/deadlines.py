@@ -22,6 +22,15 @@ ALERTS: tuple[tuple[str, str], ...] = (
 )
 
 
+def alert_role(responsible: str | tuple[str, ...]) -> str:
+    """The one role a step's alerts and events name: the first of its
+    responsible roles ("case_lead,president" is stored for M1). Naming both
+    would single out the mandatory report, and so a minor; the president
+    hears of it on the escalation ladder, and reads it in the case."""
+    roles = responsible.split(",") if isinstance(responsible, str) else responsible
+    return roles[0]
+
+
 def alert_time(stage: int, due_at: datetime, policy: AlertPolicy) -> datetime | None:
     """When the alert after ``stage`` falls due, or None when all were sent."""
     offsets = (-policy.due_soon, timedelta(0), policy.to_president, policy.to_supervisor)

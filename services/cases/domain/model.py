@@ -20,6 +20,15 @@ from services.cases.domain.status import CaseStatus, TransitionRefused, transiti
 
 MINOR_AGE_GROUPS = frozenset({"0-11", "12-17"})
 CLOSURE_REASONS = ("survivor_agreed", "lost_contact")
+# a reopening gives a code, never free text: its event travels to other services
+REOPEN_REASONS = ("new_incident", "survivor_request", "safety_concern", "plan_incomplete", "other")
+# what a ``case_updated`` event says changed: a group, never the field (a
+# change of "minor" would tell that the survivor's age crossed 18)
+CHANGE_GROUPS = {
+    "age_group": "profile", "sex": "profile", "minor": "profile", "disability": "profile",
+    "incident_at": "incident", "place": "incident", "perpetrator_relationship": "incident",
+    "context_flags": "incident",
+}
 
 
 @dataclass(frozen=True)
@@ -121,7 +130,7 @@ class Case:
             self.delay_bucket = delay_bucket(self.incident_at, self.opened_at)
         if changed:
             self.touch(now)
-            self.events.append(("case_updated", {"changed": sorted(changed)}))
+            self.events.append(("case_updated", {"changed": sorted({CHANGE_GROUPS[name] for name in changed})}))
         return changed
 
     def classify(self, *, answers: dict | None, incident_type: str | None, now: datetime, actor_id: str) -> None:
@@ -184,8 +193,8 @@ class Case:
         self.events.append(("case_closed", {"closed_by": actor.user_id, "reason": reason}))
 
     def reopen(self, *, reason: str, actor_id: str, now: datetime) -> None:
-        if not reason or len(reason) > 32 or not reason.replace("_", "").isalnum():
-            raise InvalidCase("reason", "a short reason code, e.g. new_incident")
+        if reason not in REOPEN_REASONS:
+            raise InvalidCase("reason", "one of " + ", ".join(REOPEN_REASONS))
         self.move_to(CaseStatus.REOPENED, actor_id=actor_id, now=now, reason=reason)
         self.closure_approved_by = None
         self.events.append(("case_reopened", {"reopened_by": actor_id, "reason": reason}))

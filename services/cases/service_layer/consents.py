@@ -53,11 +53,10 @@ def withdraw_consent(uow: UnitOfWork, caller: Caller, case_id: str, consent_id: 
     if not uow.consents.withdraw(consent):
         raise Conflict("this consent was already withdrawn", {"consent_id": ["already withdrawn"]})
     version = _note_consents(uow, case, now)
-    before = {s.step_id for s in uow.plans.steps(case.id) if s.status == "open"}
     replan(uow, case, policy, now)
-    cancelled = sorted(before - {s.step_id for s in uow.plans.steps(case.id) if s.status == "open"})
+    # not which steps it cancelled: the medical referral among them would tell the incident type
     case.events.append(("consent_withdrawn", {"consent_id": consent.id, "purpose": consent.purpose,
-                                              "withdrawn_by": caller.user_id, "cancelled_steps": cancelled}))
+                                              "withdrawn_by": caller.user_id}))
     save_edit(uow, case, caller, "withdraw_consent", ["consent." + consent.purpose], now, version)
     return consent
 

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.exc import IntegrityError
 
 from contracts.errors import Conflict, Forbidden, InvalidInput, NotFound
-from services.cases.adapters.crypto import KeyRing
+from services.cases.adapters.crypto import KeyRing, bind
 from services.cases.adapters.protocols import load as load_protocol
 from services.cases.domain import model
 from services.cases.domain.access import Caller, may_open_case
@@ -84,6 +84,7 @@ def open_case(uow: UnitOfWork, keyring: KeyRing, caller: Caller, command: dict, 
             return _same_request(earlier, caller)
 
     year = now.astimezone(ZoneInfo(organization.timezone)).year
+    bind(uow.session, keyring)  # place and perpetrator relationship are stored encrypted
     code = model.survivor_code(organization.code, year, uow.organizations.next_sequence(organization.id, year))
     try:
         case = model.open_case(
@@ -180,7 +181,7 @@ def assign_case_lead(uow: UnitOfWork, caller: Caller, case_id: str, command: dic
         raise InvalidInput("this person is excluded from the case", {"case_lead_id": ["excluded from the case"]})
     case.case_lead_id = lead
     case.touch(now)
-    case.events.append(("case_updated", {"changed": ["case_lead_id"]}))
+    case.events.append(("case_updated", {"changed": ["team"]}))
     return save_edit(uow, case, caller, "assign", ["case_lead_id"], now, version)
 
 
@@ -198,7 +199,8 @@ def exclude_user(uow: UnitOfWork, caller: Caller, case_id: str, command: dict) -
         case.case_lead_id = None
         fields.append("case_lead_id")
     case.touch(now)
-    case.events.append(("case_updated", {"changed": fields}))
+    # "team", as for a new case lead: an exclusion would tell that a member is suspected
+    case.events.append(("case_updated", {"changed": ["team"]}))
     return save_edit(uow, case, caller, "exclude", fields, now, version)
 
 
@@ -213,6 +215,7 @@ def approve_closure(uow: UnitOfWork, caller: Caller, case_id: str) -> model.Case
 
 def close_case(uow: UnitOfWork, caller: Caller, case_id: str, command: dict) -> model.Case:
     now = utcnow()
+    case.excluded_users = case.excluded_users | {user}
     case = load_case(uow, caller, case_id, "close")
     version = check_version(case, command.get("version"))
     try:

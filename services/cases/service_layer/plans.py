@@ -2,15 +2,16 @@
 on its steps (completion with an encrypted note, approval)."""
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 
 from contracts.errors import Conflict, Forbidden, InvalidInput, NotFound
-from services.cases.adapters.crypto import KeyRing
+from services.cases.adapters.crypto import KeyRing, bind
 from services.cases.adapters.protocols import load as load_protocol
 from services.cases.domain import consent as consents
 from services.cases.domain import model
 from services.cases.domain.access import Caller, may
-from services.cases.domain.deadlines import AlertPolicy, first_alert, restage
+from services.cases.domain.deadlines import AlertPolicy, alert_role, first_alert, restage
 from services.cases.domain.protocol import CaseFacts, recompute
 from services.cases.domain.status import CaseStatus
 from services.cases.service_layer.editing import load_case, save_edit, utcnow
@@ -18,6 +19,12 @@ from services.cases.service_layer.unit_of_work import UnitOfWork
 
 # each try reads the step afresh; only a sweep between every read and write fails them all
 RESCHEDULE_TRIES = 5
+
+
+def new_step_ref() -> str:
+    """A step's opaque reference: random, so that nothing about it (not its
+    order among the case's steps) tells which protocol step it is."""
+    return secrets.token_hex(8)
 
 
 def facts_of(case: model.Case, timezone_name: str, steps: list, case_consents: list, *,
@@ -57,7 +64,7 @@ def replan(uow: UnitOfWork, case: model.Case, policy: AlertPolicy, now: datetime
         if row is None:
             stage, next_at = first_alert(planned.due_at, now, policy)
             added.append(dict(
-                case_id=case.id, organization_id=case.organization_id, step_id=planned.step_id,
+                case_id=case.id, organization_id=case.organization_id, step_id=planned.step_id, ref=new_step_ref(),
                 responsible=protocol.step(planned.step_id).responsible, due_at=planned.due_at,
                 urgent=planned.urgent, alert_stage=stage, next_alert_at=next_at,
             ))
@@ -99,6 +106,7 @@ def complete_step(uow: UnitOfWork, keyring: KeyRing, caller: Caller, case_id: st
     """Record who did a step, when, and an encrypted note. A step with an
     approver needs the approval first; a step is done only once."""
     now = utcnow()
+    bind(uow.session, keyring)
     case = load_case(uow, caller, case_id, "read")
     try:
         rule = load_protocol(case.protocol_id, case.protocol_version).step(step_id)
@@ -124,8 +132,9 @@ def complete_step(uow: UnitOfWork, keyring: KeyRing, caller: Caller, case_id: st
     if not case.start_work(caller.user_id, now):
         case.touch(now)
     replan(uow, case, policy, now)
-    case.events.append(("step_completed", {"step_id": step_id, "completed_by": caller.user_id,
-                                           "completed_at": now, "outcome": outcome}))
+    case.events.append(("step_completed", {"step_ref": row.ref, "responsible": alert_role(row.responsible),
+                                           "completed_by": caller.user_id, "completed_at": now,
+                                           "outcome": outcome}))
     return save_edit(uow, case, caller, "complete_step", ["plan." + step_id], now, version)
 
 
@@ -138,5 +147,5 @@ def approve_step(uow: UnitOfWork, caller: Caller, case_id: str, step_id: str) ->
     uow.plans.approve(row.id, by=caller.user_id)
     version = case.version
     case.touch(now)
-    case.events.append(("case_updated", {"changed": ["plan." + step_id + ".approval"]}))
+    case.events.append(("case_updated", {"changed": ["plan"]}))
     return save_edit(uow, case, caller, "approve", ["plan." + step_id], now, version)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from datetime import datetime, timezone
 
 from sqlalchemy import and_, exists, or_, select
 
-from contracts.errors import Forbidden
+from contracts.errors import Forbidden, InvalidInput
 from services.cases.adapters import orm
-from services.cases.adapters.crypto import KeyRing
+from services.cases.adapters.crypto import KeyRing, bind, bound
 from services.cases.adapters.protocols import load as load_protocol
 from services.cases.domain.access import Caller, statistics_scope
 from services.cases.domain.audit import case_chain
@@ -24,7 +25,10 @@ SMALL_CELL = 5  # counts under this are not shown
 
 def case_detail(uow: UnitOfWork, keyring: KeyRing, caller: Caller, case_id: str) -> dict:
     """The whole case for someone allowed to see it, with the sensitive
-    fields decrypted; the read is audited, naming what was shown."""
+    fields decrypted; the read is audited, naming what was shown. Each step
+    shows its reference beside its protocol id: the reference is what the
+    step's events name."""
+    bind(uow.session, keyring)
     case = load_case(uow, caller, case_id, "read")
     now = datetime.now(timezone.utc)
     protocol = load_protocol(case.protocol_id, case.protocol_version)
@@ -33,7 +37,7 @@ def case_detail(uow: UnitOfWork, keyring: KeyRing, caller: Caller, case_id: str)
     for row in sorted(uow.plans.steps(case.id), key=lambda r: order.get(r.step_id, len(order))):
         rule = protocol.step(row.step_id)
         steps.append({
-            "step_id": row.step_id, "title": rule.title, "responsible": list(row.responsible),
+            "step_id": row.step_id, "ref": row.ref, "title": rule.title, "responsible": list(row.responsible),
             "done_when": rule.done_when, "due_at": row.due_at, "urgent": row.urgent, "status": row.status,
             "overdue": row.status == "open" and row.due_at < now, "completed_at": row.completed_at,
             "completed_by": row.completed_by, "outcome": row.outcome,
@@ -78,9 +82,11 @@ def list_cases(uow: UnitOfWork, caller: Caller, filters: dict) -> tuple[list, in
         visible.append(and_(c.c.organization_id == caller.organization_id, c.c.opened_by == caller.user_id))
     if not visible:
         raise Forbidden("your role sees aggregates only")
+    # exclusions hold the user's keyed digest, not her id: the caller's under each key of the ring
     where = [
         or_(*visible),
-        ~exists().where(orm.case_exclusions.c.case_id == c.c.id, orm.case_exclusions.c.user_id == caller.user_id),
+        ~exists().where(orm.case_exclusions.c.case_id == c.c.id,
+                        orm.case_exclusions.c.user_digest.in_(bound(uow.session).digests(caller.user_id))),
     ]
     if filters.get("status"):
         where.append(c.c.status == filters["status"])
@@ -118,39 +124,100 @@ def verify_audit(uow: UnitOfWork, anchored: dict | None = None) -> list:
     return uow.audit_trail.verify(uow.session, anchored)
 
 
+QUARTER = re.compile(r"(\d{4})-Q([1-4])\Z")
+MAX_QUARTERS = 40  # ten years in one answer
+
+
+def quarter_of(month: str) -> str:
+    """``2026-02`` → ``2026-Q1``."""
+    return f"{month[:4]}-Q{(int(month[5:7]) - 1) // 3 + 1}"
+
+
+def _quarter_index(value: str, field: str) -> int:
+    match = QUARTER.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise InvalidInput("statistics cover whole calendar quarters",
+                           {field: ["a calendar quarter, e.g. 2026-Q1"]})
+    return int(match.group(1)) * 4 + int(match.group(2)) - 1
+
+
+def _quarter_name(index: int) -> str:
+    return f"{index // 4}-Q{index % 4 + 1}"
+
+
+def quarter_range(first: str | None, last: str | None) -> tuple[int, int] | None:
+    """The quarters asked for, as indexes, or None for every quarter with
+    figures. Only whole calendar quarters can be asked for: figures of a
+    month range could be subtracted from each other."""
+    if first is None and last is None:
+        return None
+    if first is None or last is None:
+        missing = "from" if first is None else "to"
+        raise InvalidInput("give both ends of the range", {missing: ["give the first and the last quarter"]})
+    start, end = _quarter_index(first, "from"), _quarter_index(last, "to")
+    if end < start:
+        raise InvalidInput("the range ends before it starts", {"to": ["comes before from"]})
+    if end - start + 1 > MAX_QUARTERS:
+        raise InvalidInput("too many quarters", {"to": [f"at most {MAX_QUARTERS} quarters at once"]})
+    return start, end
+
+
 def statistics(uow: UnitOfWork, caller: Caller, filters: dict) -> dict:
     """Anonymous counts over cases whose survivor's consent to aggregate
-    reporting stands, read from the statistics cells; any count under 5 is
-    withheld (``null``), and so is a second one where a single withheld count
-    could be worked out from the total. ``from`` and ``to`` are months
-    (YYYY-MM, both included)."""
+    reporting stands, read from the statistics cells, per calendar quarter
+    (of the month of opening in the organisation's time zone): ``from`` and
+    ``to`` are quarters (``2026-Q1``, both included).
+
+    Each quarter's figures are computed from that quarter's cells alone, and
+    no figure adds quarters together: any two answers show the same figures
+    for a quarter they both cover, so subtracting one from the other tells
+    nothing. In a quarter, any count under 5 is withheld (``null``), and so
+    is a second one where a single withheld count could be worked out from
+    the quarter's total."""
     scope = statistics_scope(caller)
     if not scope:
         raise Forbidden("your role does not see statistics")
+    asked = quarter_range(filters.get("from"), filters.get("to"))
     t = orm.statistics_cells
     where = [t.c.organization_id.in_(sorted(scope)), t.c.n > 0]
-    if filters.get("from"):
-        where.append(t.c.opened_month >= filters["from"])
-    if filters.get("to"):
-        where.append(t.c.opened_month <= filters["to"])
-    counts: dict[str, dict] = {"by_type": {}, "by_month": {}, "by_age_group": {}}
-    context = dict.fromkeys((*CONTEXT_FLAGS, "child_sexual_abuse"), 0)
-    total = 0
+    if asked is not None:
+        first, last = _quarter_name(asked[0]), _quarter_name(asked[1])
+        where.append(t.c.opened_month >= f"{first[:4]}-{(int(first[-1]) - 1) * 3 + 1:02d}")
+        where.append(t.c.opened_month <= f"{last[:4]}-{int(last[-1]) * 3:02d}")
     sexual = {t_.value for t_ in SEXUAL}
+    quarters: dict[str, dict] = {}
     for cell in uow.session.execute(select(t).where(*where)):
-        total += cell.n
-        for name, value in (("by_type", cell.incident_type or "unclassified"), ("by_month", cell.opened_month),
-                            ("by_age_group", cell.age_group)):
-            counts[name][value] = counts[name].get(value, 0) + cell.n
+        figures = quarters.setdefault(quarter_of(cell.opened_month), _empty_quarter())
+        figures["total"] += cell.n
+        for name, value in (("by_type", cell.incident_type or "unclassified"), ("by_age_group", cell.age_group)):
+            figures[name][value] = figures[name].get(value, 0) + cell.n
         for flag in filter(None, cell.context_flags.split(",")):
-            context[flag] += cell.n
+            figures["by_context"][flag] += cell.n
         if cell.minor and cell.incident_type in sexual:
-            context["child_sexual_abuse"] += cell.n
+            figures["by_context"]["child_sexual_abuse"] += cell.n
+    if asked is not None:
+        names = [_quarter_name(i) for i in range(asked[0], asked[1] + 1)]
+    else:
+        names = sorted(quarters)
     return {
-        "total": _suppress(total),
-        **{name: _suppress_partition(cells) for name, cells in counts.items()},
-        "by_context": {key: _suppress(n) for key, n in sorted(context.items())},
+        "quarters": [_shown(name, quarters.get(name) or _empty_quarter()) for name in names],
         "suppressed_below": SMALL_CELL,
+    }
+
+
+def _empty_quarter() -> dict:
+    return {"total": 0, "by_type": {}, "by_age_group": {},
+            "by_context": dict.fromkeys((*CONTEXT_FLAGS, "child_sexual_abuse"), 0)}
+
+
+def _shown(name: str, figures: dict) -> dict:
+    """One quarter's figures with its small cells withheld."""
+    return {
+        "quarter": name,
+        "total": _suppress(figures["total"]),
+        "by_type": _suppress_partition(figures["by_type"]),
+        "by_age_group": _suppress_partition(figures["by_age_group"]),
+        "by_context": {key: _suppress(n) for key, n in sorted(figures["by_context"].items())},
     }
 
 
@@ -171,13 +238,15 @@ def _suppress_partition(cells: dict) -> dict:
 
 
 def statistics_csv(figures: dict) -> str:
+    """One row per quarter, dimension and value; no row across quarters."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["dimension", "value", "count"])
-    writer.writerow(["total", "all", _cell(figures["total"])])
-    for dimension in ("by_type", "by_month", "by_age_group", "by_context"):
-        for value, n in figures[dimension].items():
-            writer.writerow([dimension.removeprefix("by_"), value, _cell(n)])
+    writer.writerow(["quarter", "dimension", "value", "count"])
+    for quarter in figures["quarters"]:
+        writer.writerow([quarter["quarter"], "total", "all", _cell(quarter["total"])])
+        for dimension in ("by_type", "by_age_group", "by_context"):
+            for value, n in quarter[dimension].items():
+                writer.writerow([quarter["quarter"], dimension.removeprefix("by_"), value, _cell(n)])
     return out.getvalue()
 
 

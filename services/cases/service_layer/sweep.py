@@ -19,7 +19,7 @@ from contracts.events import build_events
 from servicekit import outbox
 from services.cases.adapters import alerts as repository
 from services.cases.adapters import orm
-from services.cases.domain.deadlines import AlertPolicy, alerts_due
+from services.cases.domain.deadlines import AlertPolicy, alert_role, alerts_due
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ def _one_batch(sessions: sessionmaker, policy: AlertPolicy, now: datetime, batch
             if row.id not in took:
                 continue  # re-planned or swept since it was read: its alerts are not ours to send
             for kind, rung in sent:
-                data = {"step_id": row.step_id, "due_at": due_at, "responsible": row.responsible.split(",")}
+                # the step's reference and one role, never its protocol id
+                data = {"step_ref": row.ref, "due_at": due_at, "responsible": alert_role(row.responsible)}
                 if kind == "step_escalated":
                     data["rung"] = rung
                 by_kind.setdefault(kind, []).append(
