@@ -143,6 +143,9 @@ class ListFilterSchema(Strict):
     per_page = StrictInteger(load_default=25, validate=validate.Range(min=1, max=100))
 
 
+_QUARTER = validate.Regexp(r"\d{4}-Q[1-4]\Z", error="a calendar quarter, e.g. 2026-Q1")
+
+
 class StatisticsFilterSchema(Strict):
     """Whole calendar quarters, both included: ``from=2026-Q1&to=2026-Q4`` is
     2026, reported quarter by quarter. Months are refused: figures of two
@@ -160,9 +163,6 @@ class CaseViewSchema(Schema):
     minor = fields.Boolean()
     risk_level = fields.String(allow_none=True)
     incident_type = fields.String(allow_none=True)
-_QUARTER = validate.Regexp(r"\d{4}-Q[1-4]\Z", error="a calendar quarter, e.g. 2026-Q1")
-
-
     delay_bucket = fields.String(allow_none=True)
     case_lead_id = fields.UUID(allow_none=True)
     child_sexual_abuse = fields.Boolean()

@@ -68,6 +68,7 @@ def open_case(uow: UnitOfWork, keyring: KeyRing, caller: Caller, command: dict, 
     it first opened, so a focal point on a poor connection can safely retry.
     """
     now = now or utcnow()
+    bind(uow.session, keyring)  # place and perpetrator relationship are stored encrypted
     if not may_open_case(caller):
         raise Forbidden("this role cannot open cases")
     organization_id = str(command.get("organization_id") or caller.organization_id)
@@ -84,7 +85,6 @@ def open_case(uow: UnitOfWork, keyring: KeyRing, caller: Caller, command: dict, 
             return _same_request(earlier, caller)
 
     year = now.astimezone(ZoneInfo(organization.timezone)).year
-    bind(uow.session, keyring)  # place and perpetrator relationship are stored encrypted
     code = model.survivor_code(organization.code, year, uow.organizations.next_sequence(organization.id, year))
     try:
         case = model.open_case(
@@ -198,6 +198,7 @@ def exclude_user(uow: UnitOfWork, caller: Caller, case_id: str, command: dict) -
     if case.case_lead_id == user:
         case.case_lead_id = None
         fields.append("case_lead_id")
+    case.excluded_users = case.excluded_users | {user}
     case.touch(now)
     # "team", as for a new case lead: an exclusion would tell that a member is suspected
     case.events.append(("case_updated", {"changed": ["team"]}))
@@ -215,7 +216,6 @@ def approve_closure(uow: UnitOfWork, caller: Caller, case_id: str) -> model.Case
 
 def close_case(uow: UnitOfWork, caller: Caller, case_id: str, command: dict) -> model.Case:
     now = utcnow()
-    case.excluded_users = case.excluded_users | {user}
     case = load_case(uow, caller, case_id, "close")
     version = check_version(case, command.get("version"))
     try:
