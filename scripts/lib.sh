@@ -80,7 +80,7 @@ ensure_postgres() {  # ensure_postgres [URL...]  (default: DATABASE_URL and ever
   local urls=("$@") url host port seen=" "
   if [ ${#urls[@]} -eq 0 ]; then
     urls=("${DATABASE_URL:-}" "${CASES_DATABASE_URL:-}" "${NOTIFICATIONS_DATABASE_URL:-}"
-          "${REFERRALS_DATABASE_URL:-}" "${GATEWAY_DATABASE_URL:-}")
+          "${REFERRALS_DATABASE_URL:-}" "${IDENTITY_DATABASE_URL:-}")
   fi
   for url in "${urls[@]}"; do
     case "$url" in postgres*) ;; *) continue ;; esac

@@ -71,6 +71,25 @@ PROCESSES = {  # process -> metrics port
     "referrals": 9103,
     "gateway": 9104,
 }
+# The database each process uses: the gateway keeps none of its own, its
+# process hosts identity (warmi/registry.py HOSTED) and uses identity's.
+DATABASE_OF = {
+    "cases": "cases",
+    "notifications": "notifications",
+    "referrals": "referrals",
+    "gateway": "identity",
+}
+# Secrets, and exactly who gets each one (in Compose and on Kubernetes): a
+# process gets only the keys it uses. The caller key goes to every process
+# (the gateway signs callers, the services check them) and to nothing else;
+# the audit keys to the holders of an audit trail (cases; identity in the
+# gateway's process) and to the migration, which re-signs cases' older entries
+# and, in Compose, runs the operators' commands that the trails record.
+SECRET_HOLDERS = {
+    "CASES_ENCRYPTION_KEYS": {"cases"},
+    "CALLER_KEYS": set(PROCESSES),
+    "AUDIT_KEYS": {"cases", "gateway", "migrate"},
+}
 # A Fernet key: 32 bytes, urlsafe base64 -> 43 characters and "=".
 FERNET_KEY = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}=")
 
@@ -211,10 +230,17 @@ def test_compose_environment_names_what_the_services_read():
         unknown = set(services[name]["environment"]) - readable
         assert not unknown, f"{name} sets variables no service reads: {sorted(unknown)}"
     migrate_env = services["migrate"]["environment"]
-    for db in ("CASES", "NOTIFICATIONS", "REFERRALS", "GATEWAY"):
-        url = migrate_env[f"{db}_DATABASE_URL"]
-        assert url.startswith("postgresql://") and url.endswith(f"/warmi_{db.lower()}")
-        assert services[db.lower()]["environment"][f"{db}_DATABASE_URL"] == url
+    for process, database in DATABASE_OF.items():
+        variable = f"{database.upper()}_DATABASE_URL"
+        url = migrate_env[variable]
+        assert url.startswith("postgresql://") and url.endswith(f"/warmi_{database}")
+        assert services[process]["environment"][variable] == url
+        # one database URL per process: its own, and no other service's
+        urls = {k for k in services[process]["environment"] if k.endswith("_DATABASE_URL")}
+        assert urls == {variable}, (process, sorted(urls))
+    assert {k for k in migrate_env if k.endswith("_DATABASE_URL")} == {
+        f"{database.upper()}_DATABASE_URL" for database in DATABASE_OF.values()
+    }
     for process, port in PROCESSES.items():
         env = services[process]["environment"]
         assert env[f"{process.upper()}_METRICS_ADDRESS"] == f"0.0.0.0:{port}"
@@ -227,12 +253,28 @@ def test_compose_requires_the_encryption_keys_from_the_environment():
     assert keys.startswith("${CASES_ENCRYPTION_KEYS:?"), keys
 
 
+def test_compose_gives_each_secret_from_the_environment_only_to_its_holders():
+    """Every secret comes from the operator's environment, and Compose refuses
+    to start without it (``${VAR:?message}``); each process that holds it gets
+    the same value, and no other service sees it."""
+    services = load_yaml(COMPOSE)["services"]
+    for secret, holders in SECRET_HOLDERS.items():
+        given = {name for name, service in services.items() if secret in service.get("environment", {})}
+        assert given == holders, (secret, sorted(given))
+        values = {services[name]["environment"][secret] for name in holders}
+        assert len(values) == 1, (secret, values)
+        (value,) = values
+        assert re.fullmatch(r"\$\{%s:\?[^}]*deploy/README\.md\}" % secret, value), value
+
+
 def test_postgres_init_creates_one_database_per_service():
     services = load_yaml(COMPOSE)["services"]
     assert "./deploy/postgres/init.sql:/docker-entrypoint-initdb.d/init.sql:ro" in services["postgres"]["volumes"]
     sql = (DEPLOY / "postgres" / "init.sql").read_text()
     created = set(re.findall(r"CREATE DATABASE (\w+);", sql))
-    assert created == {"warmi_cases", "warmi_notifications", "warmi_referrals", "warmi_gateway"}
+    assert created == {f"warmi_{database}" for database in DATABASE_OF.values()}
+    urls = {v for k, v in services["migrate"]["environment"].items() if k.endswith("_DATABASE_URL")}
+    assert {url.rpartition("/")[2] for url in urls} == created
 
 
 def test_no_key_material_in_the_deployment_files():
@@ -476,10 +518,52 @@ def test_kubernetes_secrets_are_referenced_not_defined(resources):
                 referenced.add(var["name"])
     assert referenced == {
         "AMQP_URI", "CASES_DATABASE_URL", "NOTIFICATIONS_DATABASE_URL", "REFERRALS_DATABASE_URL",
-        "GATEWAY_DATABASE_URL", "CASES_ENCRYPTION_KEYS", "SMTP_URL",
+        "IDENTITY_DATABASE_URL", "CASES_ENCRYPTION_KEYS", "SMTP_URL", "CALLER_KEYS", "AUDIT_KEYS",
     }
-    cases = _pod_spec(_by_kind(resources, "Deployment")["warmi-cases"])["containers"][0]
-    assert "CASES_ENCRYPTION_KEYS" in {var["name"] for var in cases["env"]}
+    assert referenced == set(_documented_secret_keys())
+
+
+def _secret_names(workload) -> set[str]:
+    return {var["name"] for container in _pod_spec(workload)["containers"] for var in container.get("env", [])}
+
+
+def test_kubernetes_each_pod_gets_only_the_secrets_it_uses(resources):
+    deployments = _by_kind(resources, "Deployment")
+    (job,) = _by_kind(resources, "Job").values()
+    workloads = {**{process: deployments[f"warmi-{process}"] for process in PROCESSES}, "migrate": job}
+    for name, workload in workloads.items():
+        names = _secret_names(workload)
+        for secret, holders in SECRET_HOLDERS.items():
+            assert (secret in names) == (name in holders), (name, secret)
+        urls = {n for n in names if n.endswith("_DATABASE_URL")}
+        if name == "migrate":
+            assert urls == {f"{database.upper()}_DATABASE_URL" for database in DATABASE_OF.values()}
+        else:
+            assert urls == {f"{DATABASE_OF[name].upper()}_DATABASE_URL"}, (name, sorted(urls))
+    assert "SMTP_URL" in _secret_names(deployments["warmi-notifications"])
+
+
+def _documented_secret_keys() -> dict[str, set[str]]:
+    """The table of deploy/kubernetes/README.md: key -> the pods it names."""
+    text = (KUSTOMIZE_DIR / "README.md").read_text()
+    rows = re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \| ([^|]+) \|", text, re.M)
+    assert rows, "deploy/kubernetes/README.md has no table of the Secret's keys"
+    return {key: {word.strip() for word in users.split(",")} for key, users in rows}
+
+
+def test_kubernetes_readme_documents_the_secret_as_the_manifests_use_it(resources):
+    deployments = _by_kind(resources, "Deployment")
+    (job,) = _by_kind(resources, "Job").values()
+    workloads = {**{process: deployments[f"warmi-{process}"] for process in PROCESSES}, "migrate": job}
+    users: dict[str, set[str]] = {}
+    for name, workload in workloads.items():
+        for secret in _secret_names(workload):
+            users.setdefault(secret, set()).add(name)
+    assert _documented_secret_keys() == users
+    # the example command creates every key
+    text = (KUSTOMIZE_DIR / "README.md").read_text()
+    created = set(re.findall(r"--from-file=([A-Z][A-Z0-9_]*)=", text))
+    assert created == set(users), sorted(created ^ set(users))
 
 
 def test_kubernetes_config_map_holds_only_known_settings(resources):
