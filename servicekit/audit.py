@@ -420,9 +420,9 @@ class AuditTrail:
                 chain, previous_mac, last, macs, broken = entry.chain, GENESIS, None, {}, False
             expected_position = (last.position if last else 0) + 1
             last = entry
+            macs[entry.position] = entry.mac  # as stored: the head and the anchor name these
             if broken:
                 continue  # one problem a chain: every entry after a break fails too
-            macs[entry.position] = entry.mac
             if entry.position != expected_position:
                 problems.append(Problem(chain, entry.position, entry.id,
                                         f"entries {expected_position} to {entry.position - 1} are missing",
