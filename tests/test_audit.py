@@ -315,3 +315,32 @@ def test_parallel_reads_of_one_organisation_leave_every_chain_valid(organisation
         assert [e.position for e in entries] == list(range(1, 12))
         assert sum(e.action == "read" for e in entries) == 10
     assert run_cli(capsys, "audit", "verify")[0] == 0
+
+
+def test_a_statistics_export_is_recorded_before_the_figures_are_shown(organisation, capsys):
+    from warmi.admin import create_organization
+
+    made = create_organization(code="CEC", name="Cooperativa CEC", timezone_name="America/Lima", locale="es",
+                               president_name="Presidenta", president_email="presidenta@cec.test.invalid",
+                               focal_point_name="Punto focal")
+    code, out, err = run_cli(capsys, "statistics", "--org", "CEC", "--by", "ana")
+    assert code == 0, err
+    entries = organisation.chain(OPERATORS)
+    assert [(e.actor_id, e.action, e.subjects["organization_id"]) for e in entries] == [
+        ("ana", "statistics_export", made["organization"]["id"])]
+    assert json.loads(entries[0].detail)["recount"] is False
+
+    code, _, err = run_cli(capsys, "statistics", "--org", "CEC", "--by", "")
+    assert code == 2 and len(organisation.chain(OPERATORS)) == 1
+
+
+def test_warmi_run_makes_a_local_audit_key_once(monkeypatch, tmp_path):
+    monkeypatch.delenv("AUDIT_KEYS")
+    monkeypatch.delenv("CASES_ENCRYPTION_KEYS", raising=False)
+    monkeypatch.setenv("WARMI_HOME", str(tmp_path))
+    cli._init_keys()  # what `warmi run` and `warmi keys init` do first
+    made = (tmp_path / "audit.keys").read_text()
+    assert (tmp_path / "audit.keys").stat().st_mode & 0o777 == 0o600
+    assert len(AuditKeys.configured().ids) == 1
+    cli._init_keys()
+    assert (tmp_path / "audit.keys").read_text() == made  # never replaced
