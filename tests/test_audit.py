@@ -333,6 +333,13 @@ def test_a_statistics_export_is_recorded_before_the_figures_are_shown(organisati
     code, _, err = run_cli(capsys, "statistics", "--org", "CEC", "--by", "")
     assert code == 2 and len(organisation.chain(OPERATORS)) == 1
 
+    # identity's trail (the organisation's creation) is verified and anchored with cases'
+    code, anchor, err = run_cli(capsys, "audit", "anchor")
+    assert code == 0, err
+    assert set(json.loads(anchor)["trails"]) == {"cases", "identity"}
+    assert json.loads(anchor)["trails"]["identity"]
+    assert run_cli(capsys, "audit", "verify", "--anchor", anchor)[0] == 0
+
 
 def test_warmi_run_makes_a_local_audit_key_once(monkeypatch, tmp_path):
     monkeypatch.delenv("AUDIT_KEYS")

@@ -251,10 +251,13 @@ def cmd_keys(args) -> int:
 
 def _audit_trails(keys) -> list:
     """``(name, database service, AuditTrail)`` of every trail `warmi audit`
-    verifies and anchors."""
+    verifies and anchors: cases' and identity's, each in its own database."""
+    from servicekit.audit import AuditTrail
     from services.cases.service_layer.unit_of_work import cases_audit_trail
+    from services.identity.adapters import orm as identity_orm
 
-    return [("cases", "cases", cases_audit_trail(keys))]
+    return [("cases", "cases", cases_audit_trail(keys)),
+            ("identity", "identity", AuditTrail("identity", identity_orm.audit, keys))]
 
 
 def _anchor_text(value: str) -> str:
@@ -276,6 +279,8 @@ def cmd_audit(args) -> int:
     from servicekit.audit import (
         AnchorError, AuditKeyError, AuditKeys, add_key, generate_key, key_file, read_anchor, sign_anchor,
     )
+    from servicekit.config import database_url
+    from servicekit.migrations import upgrade
     from warmi.admin import session_for
 
     if args.action == "add-key":
@@ -308,6 +313,8 @@ def cmd_audit(args) -> int:
             return 2
     problems, heads = [], {}
     trails = _audit_trails(keys)
+    for _, service, _ in trails:  # a trail not made yet is an empty one
+        upgrade(service, database_url(service))
     known = {name for name, _, _ in trails}
     for name in sorted(set(anchor.trails) - known if anchor else ()):
         problems.append({"trail": name, "problem": "the anchor holds a trail this installation does not know"})
