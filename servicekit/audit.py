@@ -49,7 +49,7 @@ returning ``AuditKeys`` (resolved on first use).
 - ``trail.append(session, chain=..., actor_id=..., action=..., subjects={...},
   detail="", at=None) -> Entry``: in the caller's transaction (the caller
   commits). Locks the chain's head row (``SELECT ... FOR UPDATE`` on
-  PostgreSQL; SQLite serialises writers itself).
+  PostgreSQL; on SQLite it writes first, taking the database's write lock).
 - ``sign_entry(keys, trail_name, chain=..., ...) -> (key_id, mac)``: the MAC
   ``append`` writes, for a migration that re-signs older entries.
 - ``trail.entries(session, chain) -> list[Entry]``: one chain, in order.
@@ -336,11 +336,17 @@ class AuditTrail:
             raise ValueError(f"unknown audit subjects: {sorted(unknown)}")
         subjects = {name: (subjects or {}).get(name) for name in self.tables.subjects}
         at = _utc(at or datetime.now(timezone.utc))
-        query = self._head_for_update if session.bind.dialect.name == "postgresql" else self._head
-        head = session.execute(query, {"head_chain": chain}).first()
-        if head is None:
-            self._start_chain(session, chain)  # a concurrent first entry waits here, then finds the row
-            head = session.execute(query, {"head_chain": chain}).first()
+        if session.bind.dialect.name == "postgresql":
+            head = session.execute(self._head_for_update, {"head_chain": chain}).first()
+            if head is None:
+                self._start_chain(session, chain)  # a concurrent first entry waits here, then finds the row
+                head = session.execute(self._head_for_update, {"head_chain": chain}).first()
+        else:
+            # SQLite has no row locks: a write first takes the database's write
+            # lock (waiting for another process's), so the head read next is
+            # the latest and stays so until this transaction ends
+            self._start_chain(session, chain)
+            head = session.execute(self._head, {"head_chain": chain}).first()
         position = head.position + 1
         key_id, mac = sign_entry(keys, self.name, chain=chain, position=position, at=at, actor_id=actor_id,
                                  action=action, subjects=subjects, detail=detail, prev_mac=head.mac)

@@ -351,3 +351,39 @@ def test_warmi_run_makes_a_local_audit_key_once(monkeypatch, tmp_path):
     assert len(AuditKeys.configured().ids) == 1
     cli._init_keys()
     assert (tmp_path / "audit.keys").read_text() == made  # never replaced
+
+
+OPERATOR_WRITER = """
+import sys
+from sqlalchemy.orm import sessionmaker
+from servicekit.audit import AuditKeys
+from servicekit.database import make_engine
+from services.cases.service_layer.unit_of_work import UnitOfWork, cases_audit_trail
+
+url, name = sys.argv[1:]
+engine = make_engine(url)
+sessions = sessionmaker(engine, expire_on_commit=False)
+trail = cases_audit_trail(AuditKeys.configured())
+for n in range(15):
+    with sessions() as session:
+        uow = UnitOfWork(session, audit_trail=trail)
+        uow.audit_operator(operator=name, action="statistics_export", detail=str(n))
+        uow.commit()
+engine.dispose()
+"""
+
+
+def test_operators_commands_from_several_processes_at_once_chain_one_after_another(organisation, capsys):
+    """Three processes append to the one operators' chain at once: each
+    append waits for the chain's head (a row lock on PostgreSQL, the write
+    lock on SQLite), none fails and the chain has no gap or fork."""
+    url = organisation.engine.url.render_as_string(hide_password=False)
+    writers = [subprocess.Popen([sys.executable, "-c", OPERATOR_WRITER, url, f"op{n}"], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE) for n in range(3)]
+    for process in writers:
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err.decode()[-2000:]
+    entries = organisation.chain(OPERATORS)
+    assert [e.position for e in entries] == list(range(1, 46))
+    assert sorted(e.actor_id for e in entries) == sorted(f"op{n}" for n in range(3) for _ in range(15))
+    assert run_cli(capsys, "audit", "verify")[0] == 0
