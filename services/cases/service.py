@@ -129,7 +129,7 @@ class CasesService:
 
     db = Database()
     keys = Keys()
-    audit_trail = AuditKeysOf()
+    audit_chain = AuditKeysOf()  # not ``audit_trail``: the RPC of that name would hide it
     deadlines = Deadlines()
     relay = OutboxRelay(orm.outbox)
     retention = Retention(published_outbox(orm.outbox), handled_events(orm.processed_events))
@@ -139,7 +139,7 @@ class CasesService:
     def _uow(self) -> UnitOfWork:
         session = self.db.session
         crypto.bind(session, self.keys)  # the case's facts and exclusions are read and written encrypted
-        return UnitOfWork(session, event_headers=self.call_headers, audit_trail=self.audit_trail)
+        return UnitOfWork(session, event_headers=self.call_headers, audit_trail=self.audit_chain)
 
     @rpc(expected_exceptions=EXPECTED)
     def open_case(self, caller: dict, payload: dict) -> dict:
