@@ -387,3 +387,13 @@ def test_operators_commands_from_several_processes_at_once_chain_one_after_anoth
     assert [e.position for e in entries] == list(range(1, 46))
     assert sorted(e.actor_id for e in entries) == sorted(f"op{n}" for n in range(3) for _ in range(15))
     assert run_cli(capsys, "audit", "verify")[0] == 0
+
+
+def test_the_cases_service_does_not_start_without_an_audit_key(stack, monkeypatch, tmp_path):
+    from servicekit.audit import AuditKeyError
+
+    monkeypatch.delenv("AUDIT_KEYS")
+    monkeypatch.setenv("AUDIT_KEYS_FILE", str(tmp_path / "missing.keys"))
+    with pytest.raises(AuditKeyError, match="no audit key"):
+        stack.start("cases", AUDIT_KEYS="", AUDIT_KEYS_FILE="")
+    stack.containers.pop("cases", None)
