@@ -52,14 +52,15 @@ def main() -> int:
 
     name = f"warmi_bench_reads_{uuid.uuid4().hex[:8]}"
     url = f"{args.server}/{name}"
-    upgrade("cases", url)
-    engine = make_engine(url)
-    sessions = sessionmaker(engine, expire_on_commit=False)
     ring = KeyRing([Fernet.generate_key().decode()])
     organization = str(uuid.uuid4())
     focal_point = Caller(str(uuid.uuid4()), organization, frozenset({"focal_point"}))
     president = Caller(str(uuid.uuid4()), organization, frozenset({"president"}))
+    engine = None
     try:
+        upgrade("cases", url)
+        engine = make_engine(url)
+        sessions = sessionmaker(engine, expire_on_commit=False)
         with sessions() as session:
             handlers.register_organization(UnitOfWork(session), organization_id=organization, code="CEC",
                                            timezone_name="America/Lima")
@@ -111,7 +112,8 @@ def main() -> int:
         print("audit trail intact" if not problems else f"audit trail: {len(problems)} problem(s)")
         return 0 if not problems else 1
     finally:
-        engine.dispose()
+        if engine is not None:
+            engine.dispose()
         if not args.keep:
             admin = create_engine(f"{args.server}/postgres", isolation_level="AUTOCOMMIT")
             with admin.connect() as conn:
