@@ -69,11 +69,25 @@ def _init_keys() -> None:
     from servicekit.config import home
 
     _init_audit_keys()
+    _init_caller_keys()
     if os.environ.get("CASES_ENCRYPTION_KEYS"):
         return
     path = Path(os.environ.get("CASES_ENCRYPTION_KEYS_FILE") or home() / "cases.keys")
     if new_key_file(path):
         print(f"created an encryption key for case fields in {path}; keep it safe and backed up")
+
+
+def _init_caller_keys() -> None:
+    """The key the gateway signs callers with and the services check them by
+    (servicekit.callers): one file every process of this machine reads."""
+    from servicekit.callers import ensure_key_file
+    from servicekit.config import home
+
+    if os.environ.get("CALLER_KEYS"):
+        return
+    path = Path(os.environ.get("CALLER_KEYS_FILE") or home() / "caller.keys")
+    if ensure_key_file(path):
+        print(f"created the key that vouches for callers between the services in {path}")
 
 
 def cmd_create_organization(args) -> int:
@@ -85,7 +99,7 @@ def cmd_create_organization(args) -> int:
         result = create_organization(
             code=args.code, name=args.name, timezone_name=args.timezone, locale=args.locale,
             president_name=args.president_name, president_email=args.president_email,
-            focal_point_name=args.focal_point_name,
+            focal_point_name=args.focal_point_name, country=args.country, president_phone=args.president_phone,
         )
     except WarmiError as err:
         return _fail(err)
@@ -107,12 +121,53 @@ def cmd_create_user(args) -> int:
     try:
         result = create_user(
             org_code=args.org, roles=args.role, name=args.name, email=args.email, locale=args.locale,
-            supervises=[c for c in (args.supervises or "").split(",") if c],
+            supervises=[c for c in (args.supervises or "").split(",") if c], phone=args.phone,
+            scope=args.scope, days=args.days,
         )
     except WarmiError as err:
         return _fail(err)
     print(json.dumps(result, indent=2))
     print("The token is shown once; hand it to its holder.", file=sys.stderr)
+    return 0
+
+
+def cmd_users(args) -> int:
+    from contracts.errors import WarmiError
+    from warmi.admin import deactivate_user, migrate_all
+
+    migrate_all()
+    try:
+        result = deactivate_user(args.user)
+    except WarmiError as err:
+        return _fail(err)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_tokens(args) -> int:
+    """Tokens: issue one (its secret shown once), list them (never a
+    secret), revoke one."""
+    from contracts.errors import InvalidInput, WarmiError
+    from warmi import admin
+
+    admin.migrate_all()
+    try:
+        if args.action == "issue":
+            if not args.user:
+                raise InvalidInput("say whose token", {"user": ["required"]})
+            result = admin.issue_token(user_id=args.user, scope=args.scope, days=args.days, label=args.label)
+            print(json.dumps(result, indent=2))
+            print("The token is shown once; hand it to its holder.", file=sys.stderr)
+        elif args.action == "list":
+            rows = admin.list_tokens(user_id=args.user, org_code=args.org)
+            print(json.dumps([{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+                              for row in rows], indent=2))
+        else:
+            if not args.id:
+                raise InvalidInput("say which token", {"id": ["required"]})
+            print(json.dumps(admin.revoke_token(args.id), indent=2))
+    except WarmiError as err:
+        return _fail(err)
     return 0
 
 
@@ -441,12 +496,30 @@ def parser() -> argparse.ArgumentParser:
     u = sub.add_parser("create-user", help="a person of an organisation, with a token")
     u.add_argument("--org", required=True, help="the organisation's code, e.g. CEC")
     u.add_argument("--role", required=True, action="append",
-                   choices=["focal_point", "case_lead", "president", "supervisor", "programme", "operator"])
+                   choices=["focal_point", "case_lead", "president", "supervisor", "programme", "operator", "admin"])
     u.add_argument("--name", required=True)
-    u.add_argument("--email", default=None, help="to receive notifications")
+    u.add_argument("--email", default=None, help="work address: notifications, and the console's login")
+    u.add_argument("--phone", default=None, help="work phone in E.164 form, e.g. +51987654321")
     u.add_argument("--locale", default="es", choices=["es", "en"])
     u.add_argument("--supervises", default=None, help="codes of the organisations a supervisor supervises")
+    u.add_argument("--scope", default="read_write", choices=["read", "read_write"], help="what her token allows")
+    u.add_argument("--days", type=float, default=None, help="days until her token expires (default 90)")
     u.set_defaults(fn=cmd_create_user)
+
+    us = sub.add_parser("users", help="people: deactivate one (every token she holds stops working)")
+    us.add_argument("action", choices=["deactivate"])
+    us.add_argument("--user", required=True, help="the person's id")
+    us.set_defaults(fn=cmd_users)
+
+    t = sub.add_parser("tokens", help="API tokens: issue (shown once), list (never a secret), revoke")
+    t.add_argument("action", choices=["issue", "list", "revoke"])
+    t.add_argument("--user", default=None, help="the holder's id (issue; list filters by it)")
+    t.add_argument("--org", default=None, help="list: only this organisation's tokens (its code)")
+    t.add_argument("--id", default=None, help="revoke: the token's id, as list shows it")
+    t.add_argument("--scope", default="read_write", choices=["read", "read_write"])
+    t.add_argument("--days", type=float, default=None, help="days until it expires (default 90, at most 366)")
+    t.add_argument("--label", default="api", help="what it is for, to recognise it in the list")
+    t.set_defaults(fn=cmd_tokens)
 
     pr = sub.add_parser("create-provider", help="a local service provider survivors can be referred to")
     pr.add_argument("--org", required=True)
@@ -484,6 +557,8 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--president-name", required=True)
     o.add_argument("--president-email", required=True)
     o.add_argument("--focal-point-name", required=True)
+    o.add_argument("--country", default=None, help="ISO 3166 code, e.g. PE; by default the time zone's country")
+    o.add_argument("--president-phone", default=None, help="E.164, e.g. +51987654321")
     o.set_defaults(fn=cmd_create_organization)
 
     m = sub.add_parser("mail-sink", help="a local SMTP server that writes each message to a folder")
