@@ -27,6 +27,8 @@ import time
 import uuid
 from pathlib import Path
 
+import base64
+
 import pytest
 import requests
 from cryptography.fernet import Fernet
@@ -38,7 +40,10 @@ PG_SERVER = os.environ.get("WARMI_TEST_PG", "postgresql+psycopg2://postgres@127.
 AMQP_SERVER = os.environ.get("WARMI_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
 RABBIT_API = os.environ.get("WARMI_TEST_RABBIT_API", "http://127.0.0.1:15672/api")
 RABBIT_AUTH = ("guest", "guest")
-DATABASE_SERVICES = ("cases", "notifications", "referrals", "gateway")
+DATABASE_SERVICES = ("cases", "notifications", "referrals", "identity")
+# the key the gateway signs callers with and the services check (servicekit.callers)
+CALLER_KEYS = "test:" + base64.urlsafe_b64encode(b"warmi-tests-caller-key-0123456789ab").decode().rstrip("=")
+os.environ.setdefault("CALLER_KEYS", CALLER_KEYS)
 
 
 _ports_given: set = set()
@@ -253,11 +258,13 @@ class Stack:
     def config(self, name: str, **overrides) -> dict:
         config = {
             "AMQP_URI": self.amqp_uri,
-            "DATABASE_URL": self.database_urls.get(name),
+            # the gateway hosts identity and uses its database
+            "DATABASE_URL": self.database_urls.get("identity" if name == "gateway" else name),
+            "CALLER_KEYS": CALLER_KEYS,
             "METRICS_ADDRESS": f"127.0.0.1:{self.metrics_ports[name]}",
             "max_workers": 10,
         }
-        if name in ("cases", "referrals"):
+        if name in ("cases", "referrals", "gateway"):
             config["OUTBOX"] = {"POLL_INTERVAL": 0.2, "MAX_BACKOFF": 0.5}
         if name == "cases":
             config.update(ENCRYPTION_KEYS=self.key, AUDIT_KEYS=AUDIT_KEYS,
@@ -277,12 +284,17 @@ class Stack:
     def start(self, name: str, **overrides):
         from nameko.containers import ServiceContainer
 
-        from warmi.registry import service_class
+        from warmi.registry import process_classes
 
-        container = ServiceContainer(service_class(name), self.config(name, **overrides))
-        container.start()
-        self.containers[name] = container
-        return container
+        config = self.config(name, **overrides)
+        made = [ServiceContainer(cls, config) for cls in process_classes(name)]
+        for container in made:
+            container.start()
+        self.containers[name] = made[0]
+        for extra in made[1:]:  # the gateway's process hosts identity
+            self.containers[f"{name}:{extra.service_name}"] = extra
+        self.settle()
+        return made[0]
 
     def start_all(self, **per_service):
         for name in ("cases", "notifications", "referrals", "gateway"):
@@ -290,10 +302,47 @@ class Stack:
         return self
 
     def kill(self, name: str) -> None:
-        self.containers.pop(name).kill()
+        for key in [k for k in self.containers if k == name or k.startswith(name + ":")]:
+            self.containers.pop(key).kill()
 
     def stop(self, name: str) -> None:
-        self.containers.pop(name).stop()
+        for key in [k for k in self.containers if k == name or k.startswith(name + ":")]:
+            self.containers.pop(key).stop()
+
+    # -- identity's events reach the projections -----------------------------
+    _pending: list
+
+    def _engine(self, service: str):
+        engines = self.__dict__.setdefault("_engines", {})
+        if service not in engines:
+            engines[service] = create_engine(self.database_urls[service])
+        return engines[service]
+
+    def database_engines(self) -> dict:
+        """An engine on each service's database, for counting what was written."""
+        return {service: self._engine(service) for service in DATABASE_SERVICES}
+
+    def expect(self, service: str, table: str, column: str, value: str) -> None:
+        """A row that identity's events will put in ``service``'s projection."""
+        self.__dict__.setdefault("_pending", []).append((service, table, column, value))
+        self.settle()
+
+    def settle(self, timeout: float = 20.0) -> None:
+        """Wait until every expected projection row is there, for the
+        services that run now (with the gateway, which publishes identity's
+        events); the others are waited for when they start."""
+        pending = self.__dict__.get("_pending", [])
+        if "gateway" not in self.containers:
+            return
+        for item in [p for p in pending if p[0] in self.containers]:
+            service, table, column, value = item
+
+            def arrived():
+                with self._engine(service).connect() as conn:
+                    return conn.execute(text(f"SELECT 1 FROM {table} WHERE {column} = :v"), {"v": value}).first()
+
+            wait_until(arrived, timeout=timeout, message=f"{table} of {service} to learn {column}")
+            pending.remove(item)
 
     def stop_all(self):
         # each container needs a second or two to drain; stop them side by side
@@ -302,34 +351,36 @@ class Stack:
         for container in containers:
             pool.spawn(container.stop)
         pool.waitall()
+        for engine in self.__dict__.pop("_engines", {}).values():
+            engine.dispose()
 
     # -- helpers a committee member's client would use -----------------------
     def organization(self, code="CEC", timezone="America/Lima", locale="es"):
         from warmi.admin import create_organization
 
-        return create_organization(
-            code=code, name=f"Cooperativa {code}", timezone_name=timezone, locale=locale,
+        made = create_organization(
+            code=code, name=f"Cooperativa {code}", timezone_name=timezone, locale=locale, country="PE",
             president_name="Presidenta", president_email=f"presidenta@{code.lower()}.test.invalid",
             focal_point_name="Punto focal",
         )
+        self.expect("cases", "organizations", "id", made["organization"]["id"])
+        self.expect("notifications", "recipients", "user_id", made["president"]["id"])
+        return made
 
     def user(self, org_code, *roles, supervises=(), email=None):
         from warmi.admin import create_user
 
-        return create_user(org_code=org_code, roles=list(roles), name=" / ".join(roles), email=email,
+        made = create_user(org_code=org_code, roles=list(roles), name=" / ".join(roles), email=email,
                            locale="es", supervises=list(supervises))
+        self.expect("notifications", "recipients", "user_id", made["id"])
+        return made
 
     def user_id(self, token) -> str:
-        from sqlalchemy import select
-
-        from services.gateway import identity
-        from services.gateway.adapters import orm
+        from services.identity.service_layer import handlers as identity
         from warmi.admin import session_for
 
-        with session_for("gateway") as session:
-            return session.execute(
-                select(orm.api_tokens.c.user_id).where(orm.api_tokens.c.token_hash == identity.hash_token(token))
-            ).scalar()
+        with session_for("identity") as session:
+            return identity.token_person(session, token)
 
     def api(self, method, path, token=None, body=None, **kwargs):
         headers = {"Authorization": f"Bearer {token}"} if token else {}

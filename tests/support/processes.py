@@ -24,6 +24,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 WARMI = ROOT / ".venv" / "bin" / "warmi"
 SERVICES = ("cases", "notifications", "referrals", "gateway")
+DATABASES = ("cases", "notifications", "referrals", "identity")  # the gateway's process uses identity's
 
 # what the parent's environment may say about where things are; the stack sets
 # each of these itself, so a developer's shell cannot point a test elsewhere
@@ -32,7 +33,7 @@ _OWNED_SUFFIXES = (
 )
 _OWNED = {"AMQP_URI", "OUTBOX_AMQP_URI", "GATEWAY_ADDRESS", "SMTP_URL", "WARMI_HOME", "LOG_LEVEL",
           "CASES_SWEEP_INTERVAL_SECONDS", "CASES_DUE_SOON_HOURS", "MAIL_FROM", "WARMI_PUBLIC_URL",
-          "AUDIT_KEYS", "AUDIT_KEYS_FILE"}
+          "AUDIT_KEYS", "AUDIT_KEYS_FILE", "CALLER_KEYS", "CALLER_KEYS_FILE"}
 
 STOP_GRACE_SECONDS = 20.0
 TAIL_LINES = 25
@@ -211,12 +212,14 @@ class ProcessStack:
             WARMI_PUBLIC_URL="https://warmi.test.invalid",
             CASES_ENCRYPTION_KEYS=encryption_key,
             AUDIT_KEYS=os.environ["AUDIT_KEYS"],  # the run's audit key (tests/conftest.py)
+            CALLER_KEYS=os.environ["CALLER_KEYS"],  # the run's caller key (tests/conftest.py)
             WARMI_HOME=str(self.workdir / "home"),
             LOG_LEVEL="INFO",
             PYTHONUNBUFFERED="1",  # a killed process leaves its last lines in the log
         )
-        for name in SERVICES:
+        for name in DATABASES:
             base[f"{name.upper()}_DATABASE_URL"] = self.database_urls[name]
+        for name in SERVICES:
             base[f"{name.upper()}_METRICS_ADDRESS"] = f"127.0.0.1:{self.metrics_ports[name]}"
         base.update(env or {})
         per_service = per_service or {}
@@ -343,11 +346,34 @@ class ProcessStack:
         from warmi.admin import create_organization
 
         with self._database_environment():
-            return create_organization(
-                code=code, name=f"Cooperativa {code}", timezone_name=timezone, locale="es",
+            made = create_organization(
+                code=code, name=f"Cooperativa {code}", timezone_name=timezone, locale="es", country="PE",
                 president_name="Presidenta", president_email=f"presidenta@{code.lower()}.test.invalid",
                 focal_point_name="Punto focal",
             )
+        self.await_projection("cases", "organizations", "id", made["organization"]["id"])
+        self.await_projection("notifications", "recipients", "user_id", made["president"]["id"])
+        return made
+
+    def await_projection(self, service: str, table: str, column: str, value: str, timeout: float = 30.0) -> None:
+        """Identity's events reach the other services through the gateway's
+        process (which hosts identity): wait for the row, if both run."""
+        from sqlalchemy import create_engine, text
+
+        if not (self.processes["gateway"].running and self.processes[service].running):
+            return
+        engine = create_engine(self.database_urls[service])
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                with engine.connect() as conn:
+                    if conn.execute(text(f"SELECT 1 FROM {table} WHERE {column} = :v"), {"v": value}).first():
+                        return
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{service} did not learn of {value} from identity's events")
+                time.sleep(0.1)
+        finally:
+            engine.dispose()
 
     def provider(self, org_code: str, name: str = "CEM", kind: str = "cem") -> dict:
         """A provider of the referrals directory; its registration reaches
@@ -360,7 +386,7 @@ class ProcessStack:
     @contextlib.contextmanager
     def _database_environment(self):
         # the operators' code finds each service's database in the environment
-        keys = [f"{name.upper()}_DATABASE_URL" for name in SERVICES]
+        keys = [f"{name.upper()}_DATABASE_URL" for name in DATABASES]
         saved = {key: os.environ.get(key) for key in keys}
         os.environ.update({f"{name.upper()}_DATABASE_URL": url for name, url in self.database_urls.items()})
         try:
