@@ -96,14 +96,18 @@ def upgrade() -> None:
             .order_by(cases.c.id).limit(BATCH)).all()
         if not rows:
             break
+        converted = []
         for row in rows:
             answers = row.classification_answers
             if answers is not None:  # the service's own form: keys sorted
                 answers = json.dumps(json.loads(answers), sort_keys=True)
-            bind.execute(sa.update(cases).where(cases.c.id == row.id).values(
-                place_enc=keyring.encrypt(row.place, pad_to=CODE_PAD),
-                perpetrator_relationship_enc=keyring.encrypt(row.perpetrator_relationship, pad_to=CODE_PAD),
-                classification_answers_enc=keyring.encrypt(answers, pad_to=ANSWERS_PAD)))
+            converted.append({
+                'row_id': row.id, 'new_place': keyring.encrypt(row.place, pad_to=CODE_PAD),
+                'new_relationship': keyring.encrypt(row.perpetrator_relationship, pad_to=CODE_PAD),
+                'new_answers': keyring.encrypt(answers, pad_to=ANSWERS_PAD)})
+        bind.execute(sa.update(cases).where(cases.c.id == sa.bindparam('row_id')).values(
+            place_enc=sa.bindparam('new_place'), perpetrator_relationship_enc=sa.bindparam('new_relationship'),
+            classification_answers_enc=sa.bindparam('new_answers')), converted)
         last = rows[-1].id
     with op.batch_alter_table('cases', schema=None) as batch_op:
         batch_op.drop_column('place')
