@@ -316,3 +316,15 @@ def test_notifications_learn_every_role_contact_point_and_supervision_from_ident
 def _quote(value: str) -> str:
     assert all(c in "0123456789abcdef-" for c in value)
     return f"'{value}'"
+
+
+def test_a_case_lead_who_is_also_president_is_told_of_every_new_case(stack):
+    stack.start_all()
+    made = stack.organization()
+    stack.user("CEC", "case_lead", "president", email="lead.president@cec.test.invalid")
+    stack.user("CEC", "case_lead", email="lead@cec.test.invalid")
+    opened = stack.post_case(made["focal_point"]["token"], {"age_group": "26-40"})
+    assert opened.status_code == 201, opened.text
+    wait_until(lambda: len(stack.smtp.messages()) >= 2, message="the new-case e-mails")
+    told = sorted(message["To"] for message in stack.smtp.settled())
+    assert told == ["lead.president@cec.test.invalid", "presidenta@cec.test.invalid"]
