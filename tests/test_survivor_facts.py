@@ -256,6 +256,14 @@ def test_no_pair_of_statistics_answers_over_a_year_gives_away_a_withheld_count(b
             with pytest.raises(InvalidInput):
                 queries.statistics(uow, caller, month_range)
 
+    from contracts import rpc as contract
+
+    for query, field in (({"from": "2026-01", "to": "2026-Q4"}, "from"), ({"from": "2026-Q1", "to": "2026-03"}, "to"),
+                         ({"from": "2026-Q5", "to": "2026-Q4"}, "from")):
+        with pytest.raises(InvalidInput) as refused:  # what the API and the RPC load the query through
+            contract.load(contract.StatisticsFilterSchema(), query)
+        assert refused.value.fields[field] == ["a calendar quarter, e.g. 2026-Q1"]
+
     withheld = {(q, d, v) for a in answers.values() for (q, d, v), n in a.items() if n is None}
     assert ("2026-Q1", "by_type", "rape") in withheld
     shown = {}
