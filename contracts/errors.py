@@ -43,4 +43,19 @@ class Conflict(WarmiError):
     code = "conflict"
 
 
-EXPECTED = (InvalidInput, NotFound, Forbidden, Conflict)
+@deserialize_to_instance
+class Stale(WarmiError):
+    """An edit made on another version of the case than the one stored (the
+    HTTP API's 412). ``current_version`` is the version stored, so that the
+    caller can be told what to read again."""
+
+    code = "precondition_failed"
+
+    def __init__(self, message: str = "", fields: dict | None = None, current_version: int | None = None):
+        super().__init__(message, fields)
+        # the arguments travel over RPC and rebuild the error on the other side
+        self.args = (message, self.fields, current_version)
+        self.current_version = current_version
+
+
+EXPECTED = (InvalidInput, NotFound, Forbidden, Conflict, Stale)

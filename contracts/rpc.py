@@ -14,7 +14,7 @@ from contracts.errors import InvalidInput
 from contracts.events import REOPEN_REASONS
 from contracts.fields import Instant, StrictBoolean, StrictInteger, StrictList, StrictString
 
-ROLES = ("focal_point", "case_lead", "president", "supervisor", "programme", "operator")
+ROLES = ("focal_point", "case_lead", "president", "supervisor", "programme", "operator", "admin")
 PLACES = ("mine_site", "camp", "processing_plant", "home", "public_space", "other", "unknown")
 PERPETRATOR_RELATIONSHIPS = ("co_worker", "supervisor", "partner", "family", "buyer_trader", "unknown", "other")
 CONTEXT_FLAGS = ("intimate_partner_violence", "workplace_harassment", "possible_sexual_exploitation")
@@ -45,6 +45,10 @@ class CallerSchema(Strict):
     organization_id = fields.UUID(required=True)
     roles = StrictList(_choice(ROLES), max_items=len(ROLES), required=True)
     supervised_organization_ids = StrictList(fields.UUID(), max_items=1000, load_default=list)
+    # the gateway's signature (servicekit.callers): checked before the schema
+    issued_at = StrictInteger(load_default=None)
+    key_id = StrictString(load_default=None, validate=validate.Length(max=64))
+    signature = StrictString(load_default=None, validate=validate.Length(max=128))
 
 
 class OpenCaseSchema(Strict):
@@ -72,7 +76,18 @@ class OpenCaseSchema(Strict):
 
 
 class Versioned(Strict):
-    version = StrictInteger(required=True, validate=validate.Range(min=1, max=2**31 - 1))
+    """The body of an edit of a case. The version the edit was made on is not
+    in the body (a ``version`` there is an unknown field): the HTTP client
+    sends it as ``If-Match`` and the gateway passes it as the RPC's
+    ``expected_version`` argument (``ExpectedVersionSchema``)."""
+
+
+class ExpectedVersionSchema(Strict):
+    """The version of the case an edit was made on; the service refuses the
+    edit (``Stale``) unless the case is still at it. 0 names no version (an
+    ``If-Match`` that is not one of the case's entity tags): always stale."""
+
+    expected_version = StrictInteger(required=True, validate=validate.Range(min=0, max=2**31 - 1))
 
 
 class UpdateCaseSchema(Versioned):

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.conftest import table_counts
+from tests.support.api import edit
 from warmi import cli
 
 NOW = datetime.now(timezone.utc)
@@ -64,11 +65,10 @@ def test_a_rape_case_gets_its_medical_referral_within_the_clinical_window(team):
     detail = current(stack, people, case)
     assert step(detail, "R3") is None  # not classified yet
 
-    classified = stack.api("POST", f"/cases/{case['id']}/classification", people["president"], {
-        "version": detail["version"],
+    classified = edit(stack, "POST", f"/cases/{case['id']}/classification", people["president"], {
         "answers": {"rape": True, "sexual_assault": False, "physical_assault": False, "forced_marriage": False,
                     "denial_of_resources": False, "psychological_abuse": False},
-    })
+    }, detail["version"])
 
     assert classified.status_code == 200, classified.text
     detail = current(stack, people, case)
@@ -104,8 +104,8 @@ def test_invalid_classification_answers_are_refused_and_change_nothing(team, bac
     version = current(stack, people, case)["version"]
     before = table_counts(backend_engines["cases"])
 
-    response = stack.api("POST", f"/cases/{case['id']}/classification", people["president"],
-                         {"version": version, **body})
+    response = edit(stack, "POST", f"/cases/{case['id']}/classification", people["president"],
+                         {**body}, version)
 
     assert response.status_code == 422, response.text
     assert field in response.json()["error"]["fields"]
@@ -119,11 +119,13 @@ def test_a_stale_update_is_refused(team):
     case = open_case(stack, people)
     version = current(stack, people, case)["version"]
 
-    first = stack.api("PATCH", f"/cases/{case['id']}", people["president"], {"version": version, "place": "mine_site"})
-    second = stack.api("PATCH", f"/cases/{case['id']}", people["president"], {"version": version, "place": "camp"})
+    first = edit(stack, "PATCH", f"/cases/{case['id']}", people["president"], {"place": "mine_site"}, version)
+    second = edit(stack, "PATCH", f"/cases/{case['id']}", people["president"], {"place": "camp"}, version)
 
     assert first.status_code == 200 and first.json()["version"] == version + 1
-    assert second.status_code == 409 and "version" in second.json()["error"]["fields"]
+    assert first.headers["ETag"] == f'"{version + 1}"'
+    assert second.status_code == 412 and "If-Match" in second.json()["error"]["fields"]
+    assert second.headers["ETag"] == f'"{version + 1}"'
     assert current(stack, people, case)["place"] == "mine_site"
 
 
@@ -133,7 +135,7 @@ def test_an_incident_after_the_report_or_in_the_future_is_refused(team):
     version = current(stack, people, case)["version"]
     later = (datetime.fromisoformat(case["opened_at"]) + timedelta(minutes=5)).isoformat()
 
-    patched = stack.api("PATCH", f"/cases/{case['id']}", people["president"], {"version": version, "incident_at": later})
+    patched = edit(stack, "PATCH", f"/cases/{case['id']}", people["president"], {"incident_at": later}, version)
     opened = stack.post_case(people["focal_point"], {"age_group": "18-25",
                                                       "incident_at": (NOW + timedelta(days=1)).isoformat()})
 
@@ -145,10 +147,10 @@ def test_steps_are_completed_once_and_only_steps_of_the_protocol(team, backend_e
     stack, org, people = team
     case = open_case(stack, people)
 
-    unknown = stack.api("POST", f"/cases/{case['id']}/steps/R99/completion", people["president"], {})
-    done = stack.api("POST", f"/cases/{case['id']}/steps/R0/completion", people["focal_point"],
+    unknown = edit(stack, "POST", f"/cases/{case['id']}/steps/R99/completion", people["president"], {})
+    done = edit(stack, "POST", f"/cases/{case['id']}/steps/R0/completion", people["focal_point"],
                      {"note": "ayuda de emergencia ofrecida"})
-    again = stack.api("POST", f"/cases/{case['id']}/steps/R0/completion", people["president"], {})
+    again = edit(stack, "POST", f"/cases/{case['id']}/steps/R0/completion", people["president"], {})
 
     assert unknown.status_code == 404 and "step_id" in unknown.json()["error"]["fields"]
     assert done.status_code == 200, done.text
@@ -165,26 +167,26 @@ def test_a_high_risk_case_closes_only_with_supervisor_approval_and_reopening_is_
     stack, org, people = team
     case = open_case(stack, people)
     version = current(stack, people, case)["version"]
-    assert stack.api("POST", f"/cases/{case['id']}/risk", people["president"],
-                     {"version": version, "risk_level": "high"}).status_code == 200
+    assert edit(stack, "POST", f"/cases/{case['id']}/risk", people["president"],
+                     {"risk_level": "high"}, version).status_code == 200
     version = current(stack, people, case)["version"]
 
-    refused = stack.api("POST", f"/cases/{case['id']}/closure", people["president"],
-                        {"version": version, "reason": "survivor_agreed"})
+    refused = edit(stack, "POST", f"/cases/{case['id']}/closure", people["president"],
+                        {"reason": "survivor_agreed"}, version)
     assert refused.status_code == 422 and "approval" in refused.json()["error"]["fields"]
 
-    assert stack.api("POST", f"/cases/{case['id']}/closure-approval", people["supervisor"]).status_code == 200
+    assert edit(stack, "POST", f"/cases/{case['id']}/closure-approval", people["supervisor"]).status_code == 200
     version = current(stack, people, case)["version"]
-    closed = stack.api("POST", f"/cases/{case['id']}/closure", people["president"],
-                       {"version": version, "reason": "survivor_agreed"})
+    closed = edit(stack, "POST", f"/cases/{case['id']}/closure", people["president"],
+                       {"reason": "survivor_agreed"}, version)
     assert closed.status_code == 200, closed.text
     assert closed.json()["status"] == "closed"
-    edit = stack.api("PATCH", f"/cases/{case['id']}", people["president"], {"version": closed.json()["version"],
-                                                                            "place": "camp"})
-    assert edit.status_code == 409
+    edited = edit(stack, "PATCH", f"/cases/{case['id']}", people["president"], {"place": "camp"},
+                  closed.json()["version"])
+    assert edited.status_code == 409
 
-    reopened = stack.api("POST", f"/cases/{case['id']}/reopening", people["president"],
-                         {"version": closed.json()["version"], "reason": "new_incident"})
+    reopened = edit(stack, "POST", f"/cases/{case['id']}/reopening", people["president"],
+                         {"reason": "new_incident"}, closed.json()["version"])
     assert reopened.status_code == 200, reopened.text
     detail = current(stack, people, case)
     assert [h["to"] for h in detail["history"]] == ["open", "closed", "reopened"]
@@ -196,20 +198,20 @@ def test_withdrawing_referral_consent_cancels_the_referral_steps(team, backend_e
     stack, org, people = team
     case = open_case(stack, people, incident_at=(NOW - timedelta(hours=5)).isoformat())
     version = current(stack, people, case)["version"]
-    stack.api("POST", f"/cases/{case['id']}/classification", people["president"],
-              {"version": version, "incident_type": "sexual_assault"})
+    edit(stack, "POST", f"/cases/{case['id']}/classification", people["president"],
+              {"incident_type": "sexual_assault"}, version)
     provider = known_provider(backend_engines)
-    given = stack.api("POST", f"/cases/{case['id']}/consents", people["president"], {
+    given = edit(stack, "POST", f"/cases/{case['id']}/consents", people["president"], {
         "purpose": "referral", "given_by": "survivor", "provider_id": provider, "data_shared": ["medical"]})
     assert given.status_code == 201, given.text
 
-    withdrawn = stack.api("POST", f"/cases/{case['id']}/consents/{given.json()['id']}/withdrawal", people["president"])
+    withdrawn = edit(stack, "POST", f"/cases/{case['id']}/consents/{given.json()['id']}/withdrawal", people["president"])
 
     assert withdrawn.status_code == 200, withdrawn.text
     detail = current(stack, people, case)
     assert step(detail, "R3")["status"] == "cancelled" and step(detail, "R6")["status"] == "cancelled"
     assert step(detail, "R4")["status"] == "open"
-    again = stack.api("POST", f"/cases/{case['id']}/consents/{given.json()['id']}/withdrawal", people["president"])
+    again = edit(stack, "POST", f"/cases/{case['id']}/consents/{given.json()['id']}/withdrawal", people["president"])
     assert again.status_code == 409
     with backend_engines["cases"].connect() as conn:
         bodies = conn.execute(text("SELECT body FROM outbox WHERE routing_key = 'consent_withdrawn'")).scalars().all()
@@ -222,9 +224,9 @@ def test_a_minors_consent_needs_a_caregiver_and_the_childs_assent(team):
     case = open_case(stack, people, age_group="0-11")
     url = f"/cases/{case['id']}/consents"
 
-    by_child = stack.api("POST", url, people["president"], {"purpose": "case_management", "given_by": "survivor"})
-    no_assent = stack.api("POST", url, people["president"], {"purpose": "case_management", "given_by": "caregiver"})
-    proper = stack.api("POST", url, people["president"], {"purpose": "case_management", "given_by": "caregiver",
+    by_child = edit(stack, "POST", url, people["president"], {"purpose": "case_management", "given_by": "survivor"})
+    no_assent = edit(stack, "POST", url, people["president"], {"purpose": "case_management", "given_by": "caregiver"})
+    proper = edit(stack, "POST", url, people["president"], {"purpose": "case_management", "given_by": "caregiver",
                                                           "child_assent": True})
 
     assert by_child.status_code == 422 and "given_by" in by_child.json()["error"]["fields"]
@@ -270,10 +272,10 @@ def test_statistics_count_consented_cases_and_hide_small_cells(team):
     def consented_case(incident_type, consent=True):
         case = open_case(stack, people)
         version = current(stack, people, case)["version"]
-        stack.api("POST", f"/cases/{case['id']}/classification", people["president"],
-                  {"version": version, "incident_type": incident_type})
+        edit(stack, "POST", f"/cases/{case['id']}/classification", people["president"],
+                  {"incident_type": incident_type}, version)
         if consent:
-            assert stack.api("POST", f"/cases/{case['id']}/consents", people["president"],
+            assert edit(stack, "POST", f"/cases/{case['id']}/consents", people["president"],
                              {"purpose": "aggregate_reporting", "given_by": "survivor"}).status_code == 201
 
     for _ in range(6):
@@ -310,18 +312,18 @@ def test_statistics_cells_stay_equal_to_a_recount_through_every_kind_of_change(t
     for age in ("18-25", "12-17", "26-40"):
         case = open_case(stack, people, age_group=age)
         ids.append(case["id"])
-        given = stack.api("POST", f"/cases/{case['id']}/consents", president,
+        given = edit(stack, "POST", f"/cases/{case['id']}/consents", president,
                           {"purpose": "aggregate_reporting", "given_by": "caregiver" if age == "12-17" else "survivor",
                            **({"child_assent": True} if age == "12-17" else {})})
         assert given.status_code == 201, given.text
     first = current(stack, people, {"id": ids[0]})
-    stack.api("POST", f"/cases/{ids[0]}/classification", president, {"version": first["version"], "incident_type": "rape"})
+    edit(stack, "POST", f"/cases/{ids[0]}/classification", president, {"incident_type": "rape"}, first["version"])
     second = current(stack, people, {"id": ids[1]})
-    stack.api("PATCH", f"/cases/{ids[1]}", president, {"version": second["version"], "age_group": "0-11",
-                                                       "context_flags": ["workplace_harassment"]})
+    edit(stack, "PATCH", f"/cases/{ids[1]}", president, {"age_group": "0-11",
+                                                       "context_flags": ["workplace_harassment"]}, second["version"])
     third = current(stack, people, {"id": ids[2]})
     consent_id = third["consents"][0]["id"]
-    assert stack.api("POST", f"/cases/{ids[2]}/consents/{consent_id}/withdrawal", president).status_code == 200
+    assert edit(stack, "POST", f"/cases/{ids[2]}/consents/{consent_id}/withdrawal", president).status_code == 200
 
     def snapshot(session):
         rows = session.execute(select(orm.statistics_cells).where(orm.statistics_cells.c.n > 0)).all()
@@ -344,13 +346,13 @@ def test_a_referral_consent_names_a_provider_of_the_directory(team):
     url = f"/cases/{case['id']}/consents"
     body = {"purpose": "referral", "given_by": "survivor", "data_shared": ["medical"]}
 
-    unknown = stack.api("POST", url, people["president"], {**body, "provider_id": str(uuid.uuid4())})
+    unknown = edit(stack, "POST", url, people["president"], {**body, "provider_id": str(uuid.uuid4())})
     provider = create_provider(org_code="CEC", name="Centro Emergencia Mujer Puno", kind="cem")
 
     assert unknown.status_code == 422 and "provider_id" in unknown.json()["error"]["fields"]
     listed = stack.api("GET", "/providers", people["president"]).json()["items"]
     assert [p["id"] for p in listed] == [provider["id"]]
-    given = wait_until(lambda: (r := stack.api("POST", url, people["president"],
+    given = wait_until(lambda: (r := edit(stack, "POST", url, people["president"],
                                                {**body, "provider_id": provider["id"]})).status_code == 201 and r,
                        message="the provider to reach the cases service")
     assert given.json()["purpose"] == "referral"

@@ -4,6 +4,7 @@ from sqlalchemy import text
 
 from tests.conftest import wait_until
 from warmi import cli
+from tests.support.api import edit
 
 MARKER = "QZV-relato-4471"
 
@@ -14,7 +15,7 @@ def test_raw_rows_hold_no_plaintext_and_rotation_lets_the_old_key_go(stack, clea
     token = org["president"]["token"]
     case = stack.post_case(token, {"age_group": "26-40", "narrative": f"relato {MARKER}",
                                    "survivor_name": f"Nombre {MARKER}"}).json()
-    assert stack.api("POST", f"/cases/{case['id']}/steps/R0/completion", token,
+    assert edit(stack, "POST", f"/cases/{case['id']}/steps/R0/completion", token,
                      {"note": f"nota {MARKER}"}).status_code == 200
 
     def raw():

@@ -1,6 +1,8 @@
 """Every role × every operation × own and other organisation, through the
 gateway and the real services: allowed or refused, as need-to-know says."""
 import pytest
+from services.gateway.routes import BY_NAME
+from tests.support.api import edit
 
 ROLES = ("focal_point", "case_lead", "president", "supervisor", "programme", "operator")
 
@@ -26,6 +28,14 @@ ALLOWED = {
     "withdraw_consent": {"case_lead", "president"},
 }
 SEES_CASES = {"focal_point", "case_lead", "president", "supervisor"}
+# the gateway's route behind each operation: a role out of its table is refused there (403)
+ROUTE = {
+    "read": "get_case", "list": "list_cases", "update": "update_case", "classify": "classify_case",
+    "risk": "set_risk", "consent": "record_consent", "complete_R0": "complete_step", "complete_R1": "complete_step",
+    "audit": "audit_trail", "close": "close_case", "statistics": "statistics", "open": "open_case",
+    "assign": "assign_case_lead", "exclude": "exclude_user", "approve_closure": "approve_closure",
+    "reopen": "reopen_case", "withdraw_consent": "withdraw_consent",
+}
 
 
 @pytest.fixture
@@ -49,8 +59,8 @@ def fresh_case(stack, team):
     """A case of ``team``'s organisation, opened by its focal point and led by its case lead."""
     case = stack.post_case(team["focal_point"], {"age_group": "18-25"}).json()
     version = stack.api("GET", f"/cases/{case['id']}", team["president"]).json()["version"]
-    led = stack.api("POST", f"/cases/{case['id']}/case-lead", team["president"],
-                    {"version": version, "case_lead_id": stack.user_id(team["case_lead"])})
+    led = edit(stack, "POST", f"/cases/{case['id']}/case-lead", team["president"],
+                    {"case_lead_id": stack.user_id(team["case_lead"])}, version)
     assert led.status_code == 200, led.text
     return led.json()
 
@@ -67,42 +77,42 @@ def attempt(stack, operation, token, case, team, home):
             return 200 if cid in [c["id"] for c in response.json()["items"]] else 404
         return response
     if operation == "update":
-        return stack.api("PATCH", f"/cases/{cid}", token, {"version": version, "place": "camp"})
+        return edit(stack, "PATCH", f"/cases/{cid}", token, {"place": "camp"}, version)
     if operation == "classify":
-        return stack.api("POST", f"/cases/{cid}/classification", token, {"version": version, "incident_type": "physical_assault"})
+        return edit(stack, "POST", f"/cases/{cid}/classification", token, {"incident_type": "physical_assault"}, version)
     if operation == "risk":
-        return stack.api("POST", f"/cases/{cid}/risk", token, {"version": version, "risk_level": "medium"})
+        return edit(stack, "POST", f"/cases/{cid}/risk", token, {"risk_level": "medium"}, version)
     if operation == "consent":
-        return stack.api("POST", f"/cases/{cid}/consents", token, {"purpose": "case_management", "given_by": "survivor"})
+        return edit(stack, "POST", f"/cases/{cid}/consents", token, {"purpose": "case_management", "given_by": "survivor"})
     if operation in ("complete_R0", "complete_R1"):
-        return stack.api("POST", f"/cases/{cid}/steps/{operation[-2:]}/completion", token, {})
+        return edit(stack, "POST", f"/cases/{cid}/steps/{operation[-2:]}/completion", token, {})
     if operation == "audit":
         return stack.api("GET", f"/cases/{cid}/audit", token)
     if operation == "close":
-        return stack.api("POST", f"/cases/{cid}/closure", token, {"version": version, "reason": "survivor_agreed"})
+        return edit(stack, "POST", f"/cases/{cid}/closure", token, {"reason": "survivor_agreed"}, version)
     if operation == "statistics":
         return stack.api("GET", "/statistics", token)
     if operation == "open":
         return stack.post_case(token, {"age_group": "unknown"})
     if operation == "assign":
-        return stack.api("POST", f"/cases/{cid}/case-lead", token,
-                         {"version": version, "case_lead_id": stack.user_id(home["case_lead"])})
+        return edit(stack, "POST", f"/cases/{cid}/case-lead", token,
+                         {"case_lead_id": stack.user_id(home["case_lead"])}, version)
     if operation == "exclude":
-        return stack.api("POST", f"/cases/{cid}/exclusions", token,
-                         {"version": version, "user_id": stack.user_id(home["operator"])})
+        return edit(stack, "POST", f"/cases/{cid}/exclusions", token,
+                         {"user_id": stack.user_id(home["operator"])}, version)
     if operation == "approve_closure":
-        return stack.api("POST", f"/cases/{cid}/closure-approval", token)
+        return edit(stack, "POST", f"/cases/{cid}/closure-approval", token)
     if operation == "reopen":
-        closed = stack.api("POST", f"/cases/{cid}/closure", team["president"],
-                           {"version": version, "reason": "lost_contact"})
+        closed = edit(stack, "POST", f"/cases/{cid}/closure", team["president"],
+                           {"reason": "lost_contact"}, version)
         assert closed.status_code == 200, closed.text
-        return stack.api("POST", f"/cases/{cid}/reopening", token,
-                         {"version": closed.json()["version"], "reason": "new_incident"})
+        return edit(stack, "POST", f"/cases/{cid}/reopening", token,
+                         {"reason": "new_incident"}, closed.json()["version"])
     if operation == "withdraw_consent":
-        given = stack.api("POST", f"/cases/{cid}/consents", team["president"],
+        given = edit(stack, "POST", f"/cases/{cid}/consents", team["president"],
                           {"purpose": "aggregate_reporting", "given_by": "survivor"})
         assert given.status_code == 201, given.text
-        return stack.api("POST", f"/cases/{cid}/consents/{given.json()['id']}/withdrawal", token)
+        return edit(stack, "POST", f"/cases/{cid}/consents/{given.json()['id']}/withdrawal", token)
     raise AssertionError(operation)
 
 
@@ -123,6 +133,8 @@ def test_role_matrix(world):
                 allowed = role in ALLOWED[operation] and (where == "own" or operation in ("statistics", "open"))
                 if allowed:
                     expected = (200, 201)
+                elif role not in BY_NAME[ROUTE[operation]].roles:
+                    expected = (403,)  # the gateway's check, before any service is asked
                 elif operation in ("statistics", "open") or (operation == "list" and role not in SEES_CASES):
                     expected = (403,)
                 elif where == "other" or role not in SEES_CASES:
@@ -138,7 +150,7 @@ def test_statistics_of_another_organisation_are_never_mixed_in(world):
     stack, tokens = world
     for _ in range(5):
         case = stack.post_case(tokens["SMP"]["focal_point"], {"age_group": "18-25"}).json()
-        stack.api("POST", f"/cases/{case['id']}/consents", tokens["SMP"]["president"],
+        edit(stack, "POST", f"/cases/{case['id']}/consents", tokens["SMP"]["president"],
                   {"purpose": "aggregate_reporting", "given_by": "survivor"})
     assert stack.api("GET", "/statistics", tokens["CEC"]["president"]).json()["quarters"] == []
     assert [q["total"] for q in stack.api("GET", "/statistics", tokens["SMP"]["president"]).json()["quarters"]] == [5]
@@ -151,13 +163,13 @@ def test_an_excluded_user_sees_nothing_of_the_case_not_even_that_it_exists(world
     lead = stack.user_id(team["case_lead"])
     version = stack.api("GET", f"/cases/{case['id']}", team["president"]).json()["version"]
 
-    excluded = stack.api("POST", f"/cases/{case['id']}/exclusions", team["president"],
-                         {"version": version, "user_id": lead})
+    excluded = edit(stack, "POST", f"/cases/{case['id']}/exclusions", team["president"],
+                         {"user_id": lead}, version)
 
     assert excluded.status_code == 200, excluded.text
     assert excluded.json()["case_lead_id"] is None
     assert stack.api("GET", f"/cases/{case['id']}", team["case_lead"]).status_code == 404
     assert case["id"] not in [c["id"] for c in stack.api("GET", "/cases", team["case_lead"]).json()["items"]]
-    again = stack.api("POST", f"/cases/{case['id']}/case-lead", team["president"],
-                      {"version": excluded.json()["version"], "case_lead_id": lead})
+    again = edit(stack, "POST", f"/cases/{case['id']}/case-lead", team["president"],
+                      {"case_lead_id": lead}, excluded.json()["version"])
     assert again.status_code == 422

@@ -33,10 +33,12 @@ def everything(stack) -> dict:
 
 
 def send(stack, method: str, path: str, token: str, body) -> requests.Response:
-    """``body`` as JSON, or as the raw bytes given."""
+    """``body`` as JSON, or as the raw bytes given; an edit made on version 1,
+    where the fixture's case is and stays (``If-Match``, ignored elsewhere)."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     return requests.request(method, f"{stack.url}/api/v1{path}", data=raw, timeout=15,
-                            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+                            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+                                     "If-Match": '"1"'})
 
 
 def assert_refused(response: requests.Response, status: int, code: str, field: str | None, label: str) -> None:
@@ -69,39 +71,33 @@ def test_wrong_types_are_refused_not_coerced(running):
         ("minor as a word", "POST", "/cases", focal, {**CASE, "minor": "yes"}, 422, "invalid_input", "minor"),
         ("minor as a number", "POST", "/cases", focal, {**CASE, "minor": 1}, 422, "invalid_input", "minor"),
         ("minor as a string", "POST", "/cases", focal, {**CASE, "minor": "true"}, 422, "invalid_input", "minor"),
-        ("disability as a word", "PATCH", path, president, {"version": v, "disability": "no"}, 422, "invalid_input",
+        ("disability as a word", "PATCH", path, president, {"disability": "no"}, 422, "invalid_input",
          "disability"),
         ("assent as a word", "POST", f"{path}/consents", president,
          {"purpose": "case_management", "given_by": "caregiver", "child_assent": "yes"}, 422, "invalid_input",
          "child_assent"),
         ("an answer as a word", "POST", f"{path}/classification", president,
-         {"version": v, "answers": {"rape": "yes"}}, 422, "invalid_input", "rape"),
+         {"answers": {"rape": "yes"}}, 422, "invalid_input", "rape"),
         ("an answer after the first yes as a number", "POST", f"{path}/classification", president,
-         {"version": v, "answers": {"rape": True, "sexual_assault": 1}}, 422, "invalid_input", "sexual_assault"),
-        # integers are JSON integers
-        ("version with a fraction", "PATCH", path, president, {"version": 3.5, "minor": True}, 422, "invalid_input",
+         {"answers": {"rape": True, "sexual_assault": 1}}, 422, "invalid_input", "sexual_assault"),
+        # the version an edit was made on is the If-Match header, never a body field, in any type
+        ("a version in the body", "PATCH", path, president, {"minor": True}, 422, "invalid_input",
          "version"),
-        ("version as a float", "PATCH", path, president, {"version": float(v), "minor": True}, 422, "invalid_input",
-         "version"),
-        ("version as a string", "PATCH", path, president, {"version": str(v), "minor": True}, 422, "invalid_input",
-         "version"),
-        ("version as a boolean", "PATCH", path, president, {"version": True, "minor": True}, 422, "invalid_input",
-         "version"),
-        ("version too large to store", "POST", f"{path}/risk", president, {"version": 2**63, "risk_level": "low"},
-         422, "invalid_input", "version"),
+        ("a version as a string in the body", "POST", f"{path}/risk", president,
+         {"version": str(v), "risk_level": "low"}, 422, "invalid_input", "version"),
         # strings are strings
         ("narrative as a number", "POST", "/cases", focal, {**CASE, "narrative": 5}, 422, "invalid_input",
          "narrative"),
         ("note as a list", "POST", f"{path}/steps/R0/completion", focal, {"note": ["x"]}, 422, "invalid_input",
          "note"),
-        ("reason with a line break", "POST", f"{path}/reopening", president, {"version": v, "reason": "asked\n"},
+        ("reason with a line break", "POST", f"{path}/reopening", president, {"reason": "asked\n"},
          422, "invalid_input", "reason"),
         ("survivor name too long", "POST", "/cases", focal, {**CASE, "survivor_name": "x" * 201}, 422,
          "invalid_input", "survivor_name"),
         # lists are lists, of bounded size
         ("context flags as a string", "POST", "/cases", focal, {**CASE, "context_flags": "workplace_harassment"}, 422,
          "invalid_input", "context_flags"),
-        ("context flags as an object", "PATCH", path, president, {"version": v, "context_flags": {"a": 1}}, 422,
+        ("context flags as an object", "PATCH", path, president, {"context_flags": {"a": 1}}, 422,
          "invalid_input", "context_flags"),
         ("too many context flags", "POST", "/cases", focal, {**CASE, "context_flags": ["workplace_harassment"] * 4},
          422, "invalid_input", "context_flags"),
@@ -135,7 +131,7 @@ def test_bodies_a_service_could_not_store_or_parse_are_refused(running):
         ("a deep list for a body", "POST", "/cases", focal, b"[" * DEEP + b"]" * DEEP, 422, "invalid_input",
          "_schema"),
         ("answers nested past the limit", "POST", f"{path}/classification", president,
-         b'{"version": 1, "answers": {"rape": ' + b"[" * DEEP + b"]" * DEEP + b"}}", 422, "invalid_input", "answers"),
+         b'{"answers": {"rape": ' + b"[" * DEEP + b"]" * DEEP + b"}}", 422, "invalid_input", "answers"),
         ("a lone surrogate escaped", "POST", "/cases", focal, b'{"age_group": "18-25", "narrative": "a\\ud800b"}',
          422, "invalid_input", "narrative"),
         ("a lone surrogate in a note", "POST", f"{path}/steps/R0/completion", focal, b'{"note": "\\udfff"}', 422,
@@ -148,12 +144,12 @@ def test_bodies_a_service_could_not_store_or_parse_are_refused(running):
          "invalid_input", "\\ud800"),
         ("a NUL in the narrative", "POST", "/cases", focal, b'{"age_group": "18-25", "narrative": "a\\u0000b"}', 422,
          "invalid_input", "narrative"),
-        ("a NUL in a reason", "POST", f"{path}/reopening", president, b'{"version": 1, "reason": "x\\u0000"}', 422,
+        ("a NUL in a reason", "POST", f"{path}/reopening", president, b'{"reason": "x\\u0000"}', 422,
          "invalid_input", "reason"),
         ("a field given twice", "POST", "/cases", focal, b'{"age_group": "18-25", "minor": false, "minor": true}',
          422, "invalid_input", "minor"),
-        ("NaN is not JSON", "PATCH", path, president, b'{"version": NaN}', 400, "invalid_json", None),
-        ("Infinity is not JSON", "PATCH", path, president, b'{"version": Infinity}', 400, "invalid_json", None),
+        ("NaN is not JSON", "PATCH", path, president, b'{"minor": NaN}', 400, "invalid_json", None),
+        ("Infinity is not JSON", "PATCH", path, president, b'{"minor": Infinity}', 400, "invalid_json", None),
     ])
 
 

@@ -12,6 +12,7 @@ from contracts import rpc as contract
 from contracts.errors import EXPECTED
 from servicekit import metrics
 from servicekit.audit import AuditKeys
+from servicekit.callers import Callers
 from servicekit.config import home
 from servicekit.database import Database
 from servicekit.outbox import OutboxRelay
@@ -75,6 +76,15 @@ class Deadlines(DependencyProvider):
 _CALLER = contract.CallerSchema()
 _OPEN_CASE = contract.OpenCaseSchema()
 _CASE_VIEW = contract.CaseViewSchema()
+_EXPECTED_VERSION = contract.ExpectedVersionSchema()
+
+
+def edit_command(schema, payload, expected_version) -> dict:
+    """An edit's body through its schema, with the version it was made on
+    (the HTTP ``If-Match``), which the service layer checks atomically."""
+    command = contract.load(schema, payload) if schema is not None else {}
+    command["version"] = contract.load(_EXPECTED_VERSION, {"expected_version": expected_version})["expected_version"]
+    return command
 
 
 def caller_from(data) -> Caller:
@@ -135,6 +145,11 @@ class CasesService:
     retention = Retention(published_outbox(orm.outbox), handled_events(orm.processed_events))
     telemetry = Telemetry()
     call_headers = CallHeaders()
+    callers = Callers()
+
+    def _who(self, caller) -> Caller:
+        """The caller, once its signature holds (servicekit.callers)."""
+        return caller_from(self.callers.verify(caller))
 
     def _uow(self) -> UnitOfWork:
         session = self.db.session
@@ -144,89 +159,92 @@ class CasesService:
     @rpc(expected_exceptions=EXPECTED)
     def open_case(self, caller: dict, payload: dict) -> dict:
         command = contract.load(_OPEN_CASE, payload)
-        return view(handlers.open_case(self._uow(), self.keys, caller_from(caller), command, policy=self.deadlines))
+        return view(handlers.open_case(self._uow(), self.keys, self._who(caller), command, policy=self.deadlines))
 
     @rpc(expected_exceptions=EXPECTED)
     def get_case(self, caller: dict, case_id: str) -> dict:
-        return detail_view(queries.case_detail(self._uow(), self.keys, caller_from(caller), str(case_id)))
+        return detail_view(queries.case_detail(self._uow(), self.keys, self._who(caller), str(case_id)))
 
     @rpc(expected_exceptions=EXPECTED)
     def list_cases(self, caller: dict, filters: dict) -> dict:
         loaded = contract.load(contract.ListFilterSchema(), filters)
-        cases, total = queries.list_cases(self._uow(), caller_from(caller), loaded)
+        cases, total = queries.list_cases(self._uow(), self._who(caller), loaded)
         return {"items": [view(c) for c in cases], "total": total, "page": loaded["page"],
                 "per_page": loaded["per_page"]}
 
     @rpc(expected_exceptions=EXPECTED)
-    def update_case(self, caller: dict, case_id: str, payload: dict) -> dict:
-        command = contract.load(contract.UpdateCaseSchema(), payload)
-        return view(handlers.update_case(self._uow(), caller_from(caller), str(case_id), command, self.deadlines))
+    def update_case(self, caller: dict, case_id: str, payload: dict, expected_version: int) -> dict:
+        command = edit_command(contract.UpdateCaseSchema(), payload, expected_version)
+        return view(handlers.update_case(self._uow(), self._who(caller), str(case_id), command, self.deadlines))
 
     @rpc(expected_exceptions=EXPECTED)
-    def classify_case(self, caller: dict, case_id: str, payload: dict) -> dict:
-        command = contract.load(contract.ClassifySchema(), payload)
-        return view(handlers.classify_case(self._uow(), caller_from(caller), str(case_id), command, self.deadlines))
+    def classify_case(self, caller: dict, case_id: str, payload: dict, expected_version: int) -> dict:
+        command = edit_command(contract.ClassifySchema(), payload, expected_version)
+        return view(handlers.classify_case(self._uow(), self._who(caller), str(case_id), command, self.deadlines))
 
     @rpc(expected_exceptions=EXPECTED)
-    def set_risk(self, caller: dict, case_id: str, payload: dict) -> dict:
-        command = contract.load(contract.RiskSchema(), payload)
-        return view(handlers.set_risk(self._uow(), caller_from(caller), str(case_id), command, self.deadlines))
+    def set_risk(self, caller: dict, case_id: str, payload: dict, expected_version: int) -> dict:
+        command = edit_command(contract.RiskSchema(), payload, expected_version)
+        return view(handlers.set_risk(self._uow(), self._who(caller), str(case_id), command, self.deadlines))
 
     @rpc(expected_exceptions=EXPECTED)
-    def assign_case_lead(self, caller: dict, case_id: str, payload: dict) -> dict:
-        command = contract.load(contract.AssignLeadSchema(), payload)
-        return view(handlers.assign_case_lead(self._uow(), caller_from(caller), str(case_id), command))
+    def assign_case_lead(self, caller: dict, case_id: str, payload: dict, expected_version: int) -> dict:
+        command = edit_command(contract.AssignLeadSchema(), payload, expected_version)
+        return view(handlers.assign_case_lead(self._uow(), self._who(caller), str(case_id), command))
 
     @rpc(expected_exceptions=EXPECTED)
-    def exclude_user(self, caller: dict, case_id: str, payload: dict) -> dict:
-        command = contract.load(contract.ExcludeSchema(), payload)
-        return view(handlers.exclude_user(self._uow(), caller_from(caller), str(case_id), command))
+    def exclude_user(self, caller: dict, case_id: str, payload: dict, expected_version: int) -> dict:
+        command = edit_command(contract.ExcludeSchema(), payload, expected_version)
+        return view(handlers.exclude_user(self._uow(), self._who(caller), str(case_id), command))
 
     @rpc(expected_exceptions=EXPECTED)
-    def record_consent(self, caller: dict, case_id: str, payload: dict) -> dict:
-        command = contract.load(contract.ConsentSchema(), payload)
-        consent = consents.record_consent(self._uow(), caller_from(caller), str(case_id), command,
+    def record_consent(self, caller: dict, case_id: str, payload: dict, expected_version: int) -> dict:
+        command = edit_command(contract.ConsentSchema(), payload, expected_version)
+        consent = consents.record_consent(self._uow(), self._who(caller), str(case_id), command,
                                           policy=self.deadlines)
-        return {"id": consent.id, "purpose": consent.purpose}
+        return {"id": consent.id, "purpose": consent.purpose, "case_version": command["version"] + 1}
 
     @rpc(expected_exceptions=EXPECTED)
-    def withdraw_consent(self, caller: dict, case_id: str, consent_id: str) -> dict:
-        consent = consents.withdraw_consent(self._uow(), caller_from(caller), str(case_id), str(consent_id),
-                                            self.deadlines)
-        return {"id": consent.id, "purpose": consent.purpose, "withdrawn": True}
+    def withdraw_consent(self, caller: dict, case_id: str, consent_id: str, expected_version: int) -> dict:
+        version = edit_command(None, None, expected_version)["version"]
+        consent = consents.withdraw_consent(self._uow(), self._who(caller), str(case_id), str(consent_id),
+                                            self.deadlines, version=version)
+        return {"id": consent.id, "purpose": consent.purpose, "withdrawn": True, "case_version": version + 1}
 
     @rpc(expected_exceptions=EXPECTED)
-    def complete_step(self, caller: dict, case_id: str, step_id: str, payload: dict) -> dict:
-        command = contract.load(contract.CompleteStepSchema(), payload)
-        return view(plans.complete_step(self._uow(), self.keys, caller_from(caller), str(case_id), str(step_id),
+    def complete_step(self, caller: dict, case_id: str, step_id: str, payload: dict, expected_version: int) -> dict:
+        command = edit_command(contract.CompleteStepSchema(), payload, expected_version)
+        return view(plans.complete_step(self._uow(), self.keys, self._who(caller), str(case_id), str(step_id),
                                            command, self.deadlines))
 
     @rpc(expected_exceptions=EXPECTED)
-    def approve_step(self, caller: dict, case_id: str, step_id: str) -> dict:
-        return view(plans.approve_step(self._uow(), caller_from(caller), str(case_id), str(step_id)))
+    def approve_step(self, caller: dict, case_id: str, step_id: str, expected_version: int) -> dict:
+        version = edit_command(None, None, expected_version)["version"]
+        return view(plans.approve_step(self._uow(), self._who(caller), str(case_id), str(step_id), version=version))
 
     @rpc(expected_exceptions=EXPECTED)
-    def approve_closure(self, caller: dict, case_id: str) -> dict:
-        return view(handlers.approve_closure(self._uow(), caller_from(caller), str(case_id)))
+    def approve_closure(self, caller: dict, case_id: str, expected_version: int) -> dict:
+        version = edit_command(None, None, expected_version)["version"]
+        return view(handlers.approve_closure(self._uow(), self._who(caller), str(case_id), version=version))
 
     @rpc(expected_exceptions=EXPECTED)
-    def close_case(self, caller: dict, case_id: str, payload: dict) -> dict:
-        command = contract.load(contract.CloseSchema(), payload)
-        return view(handlers.close_case(self._uow(), caller_from(caller), str(case_id), command))
+    def close_case(self, caller: dict, case_id: str, payload: dict, expected_version: int) -> dict:
+        command = edit_command(contract.CloseSchema(), payload, expected_version)
+        return view(handlers.close_case(self._uow(), self._who(caller), str(case_id), command))
 
     @rpc(expected_exceptions=EXPECTED)
-    def reopen_case(self, caller: dict, case_id: str, payload: dict) -> dict:
-        command = contract.load(contract.ReopenSchema(), payload)
-        return view(handlers.reopen_case(self._uow(), caller_from(caller), str(case_id), command, self.deadlines))
+    def reopen_case(self, caller: dict, case_id: str, payload: dict, expected_version: int) -> dict:
+        command = edit_command(contract.ReopenSchema(), payload, expected_version)
+        return view(handlers.reopen_case(self._uow(), self._who(caller), str(case_id), command, self.deadlines))
 
     @rpc(expected_exceptions=EXPECTED)
     def audit_trail(self, caller: dict, case_id: str) -> list:
-        return contract.jsonable(queries.audit_trail(self._uow(), caller_from(caller), str(case_id)))
+        return contract.jsonable(queries.audit_trail(self._uow(), self._who(caller), str(case_id)))
 
     @rpc(expected_exceptions=EXPECTED)
     def statistics(self, caller: dict, filters: dict) -> dict:
         loaded = contract.load(contract.StatisticsFilterSchema(), filters)
-        figures = queries.statistics(self._uow(), caller_from(caller), {"from": loaded["from_"], "to": loaded["to"]})
+        figures = queries.statistics(self._uow(), self._who(caller), {"from": loaded["from_"], "to": loaded["to"]})
         return {"figures": figures, "csv": queries.statistics_csv(figures)}
 
     @configured_timer("DEADLINES.SWEEP_INTERVAL_SECONDS", 30)
@@ -239,6 +257,16 @@ class CasesService:
         metrics.STEPS_OVERDUE.labels(self.name).set(overdue_steps(self.db.factory))
         if staged:
             log.info("deadline alerts staged", extra={"alerts": staged})
+
+    @event_consumer("identity", "organization_registered")
+    def handle_organization_registered(self, event: dict) -> None:
+        if not handlers.project_organization(self._uow(), event):
+            metrics.EVENT_DUPLICATES.labels(self.name, "organization_registered").inc()
+
+    @event_consumer("identity", "organization_changed")
+    def handle_organization_changed(self, event: dict) -> None:
+        if not handlers.project_organization(self._uow(), event):
+            metrics.EVENT_DUPLICATES.labels(self.name, "organization_changed").inc()
 
     @event_consumer("referrals", "provider_registered")
     def handle_provider_registered(self, event: dict) -> None:

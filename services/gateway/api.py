@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
+import re
 from typing import Callable
 
 import eventlet
@@ -14,7 +16,7 @@ from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
-from contracts.errors import Conflict, Forbidden, InvalidInput, NotFound, WarmiError
+from contracts.errors import Conflict, Forbidden, InvalidInput, NotFound, Stale, WarmiError
 from services.gateway import strict_json
 from servicekit.amqp import LOST_CONNECTION
 
@@ -25,6 +27,11 @@ STATUS = {InvalidInput: 422, NotFound: 404, Forbidden: 403, Conflict: 409}
 RETRY_AFTER_SECONDS = "5"
 # a service's own way of saying "not now": its database or a dependency is away
 UNAVAILABLE_REMOTE = frozenset({"Unavailable", "ServiceUnavailable", "OperationalError", "DisconnectionError"})
+# on every answer: case data is neither sniffed into another type nor kept in a cache
+SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-store"))
+# If-Match as the API answers ETag: one strong tag naming the case's version
+_VERSION_TAG = re.compile(r'[ \t]*"([0-9]{1,10})"[ \t]*\Z')
+MAX_VERSION = 2**31 - 1
 
 
 class HttpError(Exception):
@@ -51,6 +58,34 @@ def error_response(status: int, code: str, message: str, fields: dict | None = N
 
 def unavailable_response(message: str, fields: dict | None = None) -> Response:
     return error_response(503, "unavailable", message, fields, headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
+def case_etag(version: int) -> str:
+    """A case's entity tag: its version, strong, since every edit of what the
+    case says makes a new version (``"3"``)."""
+    return f'"{version}"'
+
+
+def content_etag(data: bytes) -> str:
+    """The entity tag of a representation without a version: its bytes."""
+    return '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+
+
+def if_match(request: Request) -> int:
+    """The version an edit was made on, from ``If-Match``. Missing: 428. A
+    value that is not one of the case's tags (``*``, a weak tag, a list, a
+    tag of another kind) names no version: 0, which the service answers as
+    stale (412, with the current ETag)."""
+    value = request.headers.get("If-Match")
+    if value is None or not value.strip():
+        raise HttpError(428, "precondition_required",
+                        "send If-Match with the ETag of the case as you last read it",
+                        {"If-Match": ["required: the ETag of the case, e.g. \"3\""]})
+    match = _VERSION_TAG.match(value)
+    if match is None:
+        return 0
+    version = int(match.group(1))
+    return version if version <= MAX_VERSION else 0
 
 
 def read_json(request: Request) -> dict:
@@ -126,6 +161,12 @@ def endpoint(fn: Callable) -> Callable:
             return fn(self, request, **kwargs)
         except HttpError as err:
             return error_response(err.status, err.code, err.message, err.fields, err.headers)
+        except Stale as err:
+            headers = {"ETag": case_etag(err.current_version)} if err.current_version else None
+            shown = (f"the case is at version {err.current_version}; read it again"
+                     if err.current_version else "the case changed meanwhile; read it again")
+            return error_response(412, err.code, "the case changed since the version you edited",
+                                  {"If-Match": [shown]}, headers)
         except WarmiError as err:
             if err.code == "unavailable":  # a service's own "not now"
                 return unavailable_response(err.message or "a service is unavailable; try again")
@@ -154,6 +195,14 @@ class _JsonErrorsApp(WsgiApp):
     """Unknown paths and wrong methods answer in the API's error format too."""
 
     def __call__(self, environ, start_response):
+        def start(status, headers, exc_info=None):
+            present = {name.lower() for name, _ in headers}
+            headers = list(headers) + [(n, v) for n, v in SECURITY_HEADERS if n.lower() not in present]
+            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+
+        return self._answer(environ, start)
+
+    def _answer(self, environ, start_response):
         request = Request(environ, shallow=True)
         adapter = self.url_map.bind_to_environ(environ)
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+from marshmallow import Schema, fields
 from werkzeug.datastructures import MultiDict
 
 from contracts.fields import UNSTORABLE
@@ -51,6 +52,17 @@ def parameters(args: MultiDict, *, integers=(), booleans=(), drop=()) -> dict:
     if errors:
         raise BadQuery(errors)
     return out
+
+
+def kinds(schema: type[Schema]) -> dict:
+    """Which parameters of ``schema`` are integers and which booleans, by
+    the names they have in the query string."""
+    made = schema()
+    named = [(field.data_key or name, field) for name, field in made.fields.items()]
+    return {
+        "integers": tuple(n for n, f in named if isinstance(f, fields.Integer)),
+        "booleans": tuple(n for n, f in named if isinstance(f, fields.Boolean)),
+    }
 
 
 def _printable(name: str) -> str:

@@ -1,20 +1,28 @@
 """The gateway: the HTTP API committee members use. It authenticates the
-caller, then asks the services, which check access again themselves."""
+caller, then asks the services, which check access again themselves.
+
+Its entrypoints are made from the route table (``services.gateway.routes``),
+one per route, all through ``_dispatch``."""
 from __future__ import annotations
 
+import json
 import uuid
+from urllib.parse import urlencode
 
 from servicekit.rpc import RpcProxy
 from werkzeug.wrappers import Request, Response
 
+from servicekit.callers import Callers
 from servicekit.database import Database
 from servicekit.telemetry import Telemetry
-from services.gateway import identity, query
+from services.gateway import identity, openapi, query, routes
 from services.gateway.api import (
-    HttpError, RpcUnavailable, ask_all, call, endpoint, json_response, read_json, route, unavailable_response,
+    HttpError, RpcUnavailable, ask_all, call, case_etag, content_etag, endpoint, if_match, read_json, route,
+    unavailable_response,
 )
+from services.gateway.limits import RateLimit, address_key, token_key
+from services.gateway.routes import ROUTES, Route
 
-CASE = "/api/v1/cases/<string:case_id>"
 READY_TIMEOUT_SECONDS = 2.0
 
 
@@ -22,7 +30,9 @@ class GatewayService:
     name = "gateway"
 
     db = Database()
+    callers = Callers()
     telemetry = Telemetry()
+    rate_limit = RateLimit()
     cases = RpcProxy("cases")
     notifications = RpcProxy("notifications")
     referrals = RpcProxy("referrals")
@@ -40,21 +50,73 @@ class GatewayService:
 
     def _caller(self, principal: identity.Principal) -> dict:
         """The caller every RPC takes first, as the services check it."""
-        return principal.as_caller()
+        return self.callers.sign(principal.as_caller())
 
-    def _case_command(self, request: Request, method: str, *args, body: bool = True) -> Response:
-        principal = self._principal(request)
-        payload = [read_json(request)] if body else []
-        return json_response(200, call(getattr(self.cases, method), self._caller(principal), *args, *payload))
+    def _dispatch(self, spec: Route, request: Request, path: dict) -> Response:
+        """Every route of the table: the caller admitted (token, rate limit,
+        role and scope), the input read, the service asked, the answer made."""
+        principal = self._admit(spec, request)
+        if spec.operation is None:
+            return self._respond(spec, request, getattr(self, spec.present)(request))
+        caller = self._caller(principal)
+        args: list = [caller, *(path[name] for name in spec.path_parameters)]
+        if spec.query is not None:
+            args.append(_query(request, spec))
+        expected = if_match(request) if spec.edit else None
+        if spec.body is not None:
+            body = read_json(request)
+            if spec.prepare:
+                getattr(self, spec.prepare)(request, principal, body)
+            args.append(body)
+        if spec.edit:
+            args.append(expected)
+        service, method = spec.operation.split(".")
+        result = call(getattr(getattr(self, service), method), *args)
+        if spec.present:
+            result = getattr(self, spec.present)(request, result, caller)
+        return self._respond(spec, request, result)
 
-    @route("GET", "/api/v1/health")
-    @endpoint
-    def health(self, request: Request) -> Response:
-        return json_response(200, {"status": "ok"})
+    def _admit(self, spec: Route, request: Request) -> identity.Principal | None:
+        if spec.public:
+            self._limit(address_key(request.remote_addr))
+            return None
+        try:
+            principal = self._principal(request)
+        except HttpError as err:
+            if err.status == 401:  # guesses are counted against the address they come from
+                self._limit(address_key(request.remote_addr))
+            raise
+        self._limit(token_key(request.headers.get("Authorization", "")))
+        try:
+            routes.authorize(spec, principal.roles, principal.scope)
+        except routes.Refused as err:
+            raise HttpError(403, "forbidden", str(err)) from None
+        return principal
 
-    @route("GET", "/api/v1/ready")
-    @endpoint
-    def ready(self, request: Request) -> Response:
+    def _limit(self, key: str) -> None:
+        wait = self.rate_limit.take(key)
+        if wait:
+            raise HttpError(429, "too_many_requests", f"too many requests; try again in {wait} s",
+                            headers={"Retry-After": str(wait)})
+
+    def _respond(self, spec: Route, request: Request, result) -> Response:
+        if isinstance(result, Response):
+            return result
+        body, headers = result if isinstance(result, tuple) else (result, {})
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        if spec.version_of and isinstance(body, dict) and isinstance(body.get(spec.version_of), int):
+            headers["ETag"] = case_etag(body[spec.version_of])
+        elif spec.method == "GET":
+            headers["ETag"] = content_etag(data)
+        if spec.name == "open_case":
+            headers["Location"] = f"/api/v1/cases/{body['id']}"
+        return Response(data, status=spec.status, headers=headers, content_type="application/json; charset=utf-8")
+
+    # -- what the gateway checks or adds itself, named by the route table ------
+    def _health(self, request: Request):
+        return {"status": "ok"}
+
+    def _ready(self, request: Request):
         """Whether every service answers: for readiness probes and for
         ``warmi run`` to say when Warmi is up. ``/health`` only says the
         gateway itself is alive."""
@@ -63,15 +125,16 @@ class GatewayService:
             timeout=READY_TIMEOUT_SECONDS,
         )
         if all(answered.values()):
-            return json_response(200, {"status": "ok", "services": {name: "ok" for name in answered}})
+            return {"status": "ok", "services": {name: "ok" for name in answered}}
         silent = {name: ["did not answer"] for name, ok in answered.items() if not ok}
         return unavailable_response("not every service answers", silent)
 
-    @route("POST", "/api/v1/cases")
-    @endpoint
-    def open_case(self, request: Request) -> Response:
-        principal = self._principal(request)
-        body = read_json(request)
+    def _openapi(self, request: Request):
+        data = openapi.document_bytes()
+        return Response(data, status=200, headers={"ETag": content_etag(data)},
+                        content_type="application/json; charset=utf-8")
+
+    def _check_new_case(self, request: Request, principal: identity.Principal, body: dict) -> None:
         if "idempotency_key" in body:
             raise HttpError(422, "invalid_input", "send the key as the Idempotency-Key header",
                             {"idempotency_key": ["unknown field"]})
@@ -85,49 +148,8 @@ class GatewayService:
             self.db.close()
             if not known:
                 raise HttpError(422, "invalid_input", "unknown organisation", {"organization_id": ["unknown organisation"]})
-        case = call(self.cases.open_case, self._caller(principal), body)
-        return json_response(201, case, {"Location": f"/api/v1/cases/{case['id']}"})
 
-    @route("GET", "/api/v1/cases")
-    @endpoint
-    def list_cases(self, request: Request) -> Response:
-        principal = self._principal(request)
-        filters = _query(request, integers=("page", "per_page"), booleans=("overdue",))
-        return json_response(200, call(self.cases.list_cases, self._caller(principal), filters))
-
-    @route("GET", CASE)
-    @endpoint
-    def get_case(self, request: Request, case_id: str) -> Response:
-        principal = self._principal(request)
-        caller = self._caller(principal)
-        case = call(self.cases.get_case, caller, case_id)
-        try:
-            case["notifications"] = call(self.notifications.case_notifications, caller, case["id"], timeout=3)
-        except RpcUnavailable:
-            # the case is there; only the delivery state cannot be told right now
-            case["notifications"] = {"status": "unknown", "deliveries": []}
-        return json_response(200, case)
-
-    @route("PATCH", CASE)
-    @endpoint
-    def update_case(self, request: Request, case_id: str) -> Response:
-        return self._case_command(request, "update_case", case_id)
-
-    @route("POST", CASE + "/classification")
-    @endpoint
-    def classify_case(self, request: Request, case_id: str) -> Response:
-        return self._case_command(request, "classify_case", case_id)
-
-    @route("POST", CASE + "/risk")
-    @endpoint
-    def set_risk(self, request: Request, case_id: str) -> Response:
-        return self._case_command(request, "set_risk", case_id)
-
-    @route("POST", CASE + "/case-lead")
-    @endpoint
-    def assign_case_lead(self, request: Request, case_id: str) -> Response:
-        principal = self._principal(request)
-        body = read_json(request)
+    def _check_case_lead(self, request: Request, principal: identity.Principal, body: dict) -> None:
         lead = body.get("case_lead_id")
         if isinstance(lead, str) and _is_uuid(lead):
             ok = identity.member_with_role(self.db.session, principal.organization_id, lead, "case_lead")
@@ -135,13 +157,8 @@ class GatewayService:
             if not ok:
                 raise HttpError(422, "invalid_input", "not a case lead of your organisation",
                                 {"case_lead_id": ["not a case lead of your organisation"]})
-        return json_response(200, call(self.cases.assign_case_lead, self._caller(principal), case_id, body))
 
-    @route("POST", CASE + "/exclusions")
-    @endpoint
-    def exclude_user(self, request: Request, case_id: str) -> Response:
-        principal = self._principal(request)
-        body = read_json(request)
+    def _check_member(self, request: Request, principal: identity.Principal, body: dict) -> None:
         user = body.get("user_id")
         if isinstance(user, str) and _is_uuid(user):
             ok = identity.member(self.db.session, principal.organization_id, user)
@@ -149,69 +166,48 @@ class GatewayService:
             if not ok:
                 raise HttpError(422, "invalid_input", "not a member of your organisation",
                                 {"user_id": ["not a member of your organisation"]})
-        return json_response(200, call(self.cases.exclude_user, self._caller(principal), case_id, body))
 
-    @route("POST", CASE + "/consents")
-    @endpoint
-    def record_consent(self, request: Request, case_id: str) -> Response:
-        principal = self._principal(request)
-        body = read_json(request)
-        return json_response(201, call(self.cases.record_consent, self._caller(principal), case_id, body))
+    def _page(self, request: Request, result: dict, caller: dict):
+        """A page of cases with the link to the next one (none on the last):
+        in the body and as a ``Link`` header."""
+        links, headers = {}, {}
+        if result["page"] * result["per_page"] < result["total"]:
+            params = [(k, v) for k, v in request.args.items(multi=True) if k not in ("page", "per_page")]
+            params += [("page", str(result["page"] + 1)), ("per_page", str(result["per_page"]))]
+            links["next"] = f"{request.path}?{urlencode(params)}"
+            headers["Link"] = f'<{links["next"]}>; rel="next"'
+        return {**result, "links": links}, headers
 
-    @route("POST", CASE + "/consents/<string:consent_id>/withdrawal")
-    @endpoint
-    def withdraw_consent(self, request: Request, case_id: str, consent_id: str) -> Response:
-        return self._case_command(request, "withdraw_consent", case_id, consent_id, body=False)
+    def _with_notifications(self, request: Request, case: dict, caller: dict):
+        try:
+            case["notifications"] = call(self.notifications.case_notifications, caller, case["id"], timeout=3)
+        except RpcUnavailable:
+            # the case is there; only the delivery state cannot be told right now
+            case["notifications"] = {"status": "unknown", "deliveries": []}
+        return case
 
-    @route("POST", CASE + "/steps/<string:step_id>/completion")
-    @endpoint
-    def complete_step(self, request: Request, case_id: str, step_id: str) -> Response:
-        return self._case_command(request, "complete_step", case_id, step_id)
+    def _providers(self, request: Request, providers: list, caller: dict):
+        return {"items": providers}
 
-    @route("POST", CASE + "/steps/<string:step_id>/approval")
-    @endpoint
-    def approve_step(self, request: Request, case_id: str, step_id: str) -> Response:
-        return self._case_command(request, "approve_step", case_id, step_id, body=False)
-
-    @route("POST", CASE + "/closure-approval")
-    @endpoint
-    def approve_closure(self, request: Request, case_id: str) -> Response:
-        return self._case_command(request, "approve_closure", case_id, body=False)
-
-    @route("POST", CASE + "/closure")
-    @endpoint
-    def close_case(self, request: Request, case_id: str) -> Response:
-        return self._case_command(request, "close_case", case_id)
-
-    @route("POST", CASE + "/reopening")
-    @endpoint
-    def reopen_case(self, request: Request, case_id: str) -> Response:
-        return self._case_command(request, "reopen_case", case_id)
-
-    @route("GET", CASE + "/audit")
-    @endpoint
-    def audit_trail(self, request: Request, case_id: str) -> Response:
-        return self._case_command(request, "audit_trail", case_id, body=False)
-
-    @route("GET", "/api/v1/providers")
-    @endpoint
-    def list_providers(self, request: Request) -> Response:
-        principal = self._principal(request)
-        return json_response(200, {"items": call(self.referrals.list_providers, self._caller(principal))})
-
-    @route("GET", "/api/v1/statistics")
-    @endpoint
-    def statistics(self, request: Request) -> Response:
-        principal = self._principal(request)
-        filters = _query(request, drop=("format",))
-        if request.args.get("format", "json") not in ("json", "csv"):
-            raise HttpError(422, "invalid_input", "some query parameters are not valid",
-                            {"format": ["Must be one of: json, csv."]})
-        result = call(self.cases.statistics, self._caller(principal), filters)
+    def _statistics(self, request: Request, result: dict, caller: dict):
         if request.args.get("format") == "csv":
-            return Response(result["csv"], status=200, content_type="text/csv; charset=utf-8",
-                            headers={"Content-Disposition": 'attachment; filename="warmi-statistics.csv"'})
-        return json_response(200, result["figures"])
+            data = result["csv"].encode("utf-8")
+            return Response(data, status=200, content_type="text/csv; charset=utf-8", headers={
+                "Content-Disposition": 'attachment; filename="warmi-statistics.csv"', "ETag": content_etag(data)})
+        return result["figures"]
+
+
+def _entrypoint(spec: Route):
+    def handle(self, request: Request, **path) -> Response:
+        return self._dispatch(spec, request, path)
+
+    handle.__name__ = handle.__qualname__ = spec.name
+    handle.__doc__ = spec.summary
+    return route(spec.method, spec.path)(endpoint(handle))
+
+
+for _spec in ROUTES:
+    setattr(GatewayService, _spec.name, _entrypoint(_spec))
 
 
 def _is_uuid(value: str) -> bool:
@@ -222,8 +218,17 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-def _query(request: Request, **kinds) -> dict:
+def _query(request: Request, spec: Route) -> dict:
+    """The query string in the types of the route's schema; the service's
+    schema then checks names and values."""
+    extra = {p["name"]: p for p in spec.query_extra}
+    for name, parameter in extra.items():
+        value = request.args.get(name)
+        if value is not None and value not in parameter["schema"]["enum"]:
+            choices = ", ".join(parameter["schema"]["enum"])
+            raise HttpError(422, "invalid_input", "some query parameters are not valid",
+                            {name: [f"Must be one of: {choices}."]})
     try:
-        return query.parameters(request.args, **kinds)
+        return query.parameters(request.args, **query.kinds(spec.query), drop=tuple(extra))
     except query.BadQuery as err:
         raise HttpError(422, "invalid_input", str(err), err.fields) from None

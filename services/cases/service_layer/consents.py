@@ -9,7 +9,7 @@ from services.cases.domain import consent as consents
 from services.cases.domain import model
 from services.cases.domain.access import Caller
 from services.cases.domain.deadlines import AlertPolicy
-from services.cases.service_layer.editing import invalid_input, load_case, save_edit, utcnow
+from services.cases.service_layer.editing import check_version, invalid_input, load_case, save_edit, utcnow
 from services.cases.service_layer.plans import replan
 from services.cases.service_layer.unit_of_work import UnitOfWork
 
@@ -18,6 +18,7 @@ def record_consent(uow: UnitOfWork, caller: Caller, case_id: str, command: dict,
                    policy: AlertPolicy = AlertPolicy()) -> consents.Consent:
     now = utcnow()
     case = load_case(uow, caller, case_id, "consent")
+    check_version(case, command.get("version"))
     provider = command.get("provider_id")
     if provider is not None and not uow.providers.known(case.organization_id, str(provider)):
         raise InvalidInput("unknown provider", {"provider_id": ["not in the organisation's provider directory"]})
@@ -39,10 +40,11 @@ def record_consent(uow: UnitOfWork, caller: Caller, case_id: str, command: dict,
 
 
 def withdraw_consent(uow: UnitOfWork, caller: Caller, case_id: str, consent_id: str,
-                     policy: AlertPolicy = AlertPolicy()) -> consents.Consent:
+                     policy: AlertPolicy = AlertPolicy(), *, version: int | None = None) -> consents.Consent:
     """Withdrawing consent cancels the open steps that depended on it."""
     now = utcnow()
     case = load_case(uow, caller, case_id, "consent")
+    check_version(case, version)
     consent = next((c for c in uow.consents.for_case(case.id) if c.id == str(consent_id)), None)
     if consent is None:
         raise NotFound("no such consent on this case")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from contracts.errors import Conflict, Forbidden, InvalidInput, NotFound
+from contracts.errors import Conflict, Forbidden, InvalidInput, NotFound, Stale
 from services.cases.domain import model
 from services.cases.domain.access import Caller, may, may_view_case
 from services.cases.domain.status import CaseStatus
@@ -29,13 +29,20 @@ def load_case(uow: UnitOfWork, caller: Caller, case_id: str, operation: str, *, 
 
 
 def check_version(case: model.Case, expected: int | None) -> int:
+    """Every edit names the version it was made on; the save then writes only
+    if the case is still at it (``save_edit``), so the check holds atomically."""
     if expected is None:
         raise InvalidInput("say which version of the case you edited", {"version": ["required"]})
     try:
         case.check_version(expected)
     except model.StaleCase as err:
-        raise Conflict(str(err), {"version": [f"the case is at version {case.version}"]}) from None
+        raise stale(str(err), case.version) from None
     return expected
+
+
+def stale(message: str, current_version: int | None) -> Stale:
+    shown = f"the case is at version {current_version}" if current_version else "changed meanwhile"
+    return Stale(message, {"version": [shown]}, current_version)
 
 
 def invalid_input(err: model.InvalidCase) -> InvalidInput:
@@ -51,7 +58,10 @@ def save_edit(uow: UnitOfWork, case: model.Case, caller: Caller, action: str, fi
     try:
         uow.cases.save(case, expected_version)
     except model.StaleCase as err:
-        raise Conflict(str(err), {"version": ["changed meanwhile"]}) from None
+        # someone else's edit committed between the read and this write
+        uow.rollback()
+        current = uow.cases.get(case.id)
+        raise stale(str(err), current.version if current else None) from None
     uow.cases.log_status(case)
     uow.audit(case_id=case.id, organization_id=case.organization_id, actor_id=caller.user_id, action=action,
               fields=fields, now=now)

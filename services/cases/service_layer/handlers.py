@@ -49,6 +49,22 @@ def assign_protocol(uow: UnitOfWork, *, organization_id: str, protocol_id: str, 
     uow.commit()
 
 
+def project_organization(uow: UnitOfWork, event: dict) -> bool:
+    """Keep an organisation as identity announces it (its code and time
+    zone; the protocol it follows is the cases service's own), once per
+    event. The code never changes: survivor codes start with it."""
+    if not uow.claim_event(str(event["event_id"]), "project_organization"):
+        return False
+    data, organization_id = event["data"], str(event["organization_id"])
+    existing = uow.organizations.get(organization_id)
+    if existing is None:
+        uow.organizations.add(model.Organization(organization_id, data["code"], data["timezone"]))
+    elif existing.timezone != data["timezone"]:
+        uow.organizations.set_timezone(organization_id, data["timezone"])
+    uow.commit()
+    return True
+
+
 def project_provider(uow: UnitOfWork, event: dict) -> bool:
     """Keep the provider announced by the referrals service, once per event."""
     if not uow.claim_event(str(event["event_id"]), "project_provider"):
@@ -205,10 +221,10 @@ def exclude_user(uow: UnitOfWork, caller: Caller, case_id: str, command: dict) -
     return save_edit(uow, case, caller, "exclude", fields, now, version)
 
 
-def approve_closure(uow: UnitOfWork, caller: Caller, case_id: str) -> model.Case:
+def approve_closure(uow: UnitOfWork, caller: Caller, case_id: str, *, version: int | None = None) -> model.Case:
     now = utcnow()
     case = load_case(uow, caller, case_id, "approve")
-    version = case.version
+    version = check_version(case, version)
     case.approve_closure(caller.user_id, now)
     case.events.append(("case_updated", {"changed": ["closure_approval"]}))
     return save_edit(uow, case, caller, "approve_closure", ["closure_approved_by"], now, version)

@@ -14,7 +14,7 @@ from services.cases.domain.access import Caller, may
 from services.cases.domain.deadlines import AlertPolicy, alert_role, first_alert, restage
 from services.cases.domain.protocol import CaseFacts, recompute
 from services.cases.domain.status import CaseStatus
-from services.cases.service_layer.editing import load_case, save_edit, utcnow
+from services.cases.service_layer.editing import check_version, load_case, save_edit, utcnow
 from services.cases.service_layer.unit_of_work import UnitOfWork
 
 # each try reads the step afresh; only a sweep between every read and write fails them all
@@ -116,6 +116,7 @@ def complete_step(uow: UnitOfWork, keyring: KeyRing, caller: Caller, case_id: st
         raise Forbidden("this step is not yours to complete")
     if case.status is CaseStatus.CLOSED:
         raise Conflict("the case is closed; reopen it first", {"status": ["closed"]})
+    check_version(case, command.get("version"))
     row = _step_row(uow, case, step_id)
     if row.status != "open":
         raise Conflict(f"this step is {row.status}, not open", {"step_id": [f"already {row.status}"]})
@@ -138,9 +139,11 @@ def complete_step(uow: UnitOfWork, keyring: KeyRing, caller: Caller, case_id: st
     return save_edit(uow, case, caller, "complete_step", ["plan." + step_id], now, version)
 
 
-def approve_step(uow: UnitOfWork, caller: Caller, case_id: str, step_id: str) -> model.Case:
+def approve_step(uow: UnitOfWork, caller: Caller, case_id: str, step_id: str, *,
+                 version: int | None = None) -> model.Case:
     now = utcnow()
     case = load_case(uow, caller, case_id, "approve")
+    check_version(case, version)
     row = _step_row(uow, case, step_id)
     if row.status != "open":
         raise Conflict(f"this step is {row.status}", {"step_id": [f"already {row.status}"]})
