@@ -121,6 +121,12 @@ def clean_databases(engines):
     return engines
 
 
+def handled(engine, handler: str) -> int:
+    """How many events ``handler`` has handled (the inbox of a service)."""
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM processed_events WHERE handler = :h"), {"h": handler}).scalar()
+
+
 def table_counts(engine) -> dict:
     """Rows in every table of a database (PostgreSQL or SQLite), to show that
     nothing was written."""

@@ -6,7 +6,7 @@ import json
 import pytest
 import requests
 
-from tests.conftest import table_counts, wait_until
+from tests.conftest import handled, table_counts, wait_until
 
 CASE = {"age_group": "18-25"}
 DEEP = 40  # levels: past the gateway's 32
@@ -22,7 +22,7 @@ def running(any_stack):
     org = stack.organization()
     opened = stack.post_case(org["focal_point"]["token"], CASE)
     assert opened.status_code == 201, opened.text
-    wait_until(lambda: table_counts(stack.engines["notifications"]).get("processed_events") == 1,
+    wait_until(lambda: handled(stack.engines["notifications"], "notify_case_opened") == 1,
                message="the case_opened event to be handled")
     wait_until(lambda: stack.smtp.messages(), message="the president's e-mail")
     return stack, org, opened.json()
@@ -81,7 +81,7 @@ def test_wrong_types_are_refused_not_coerced(running):
         ("an answer after the first yes as a number", "POST", f"{path}/classification", president,
          {"answers": {"rape": True, "sexual_assault": 1}}, 422, "invalid_input", "sexual_assault"),
         # the version an edit was made on is the If-Match header, never a body field, in any type
-        ("a version in the body", "PATCH", path, president, {"minor": True}, 422, "invalid_input",
+        ("a version in the body", "PATCH", path, president, {"version": v, "minor": True}, 422, "invalid_input",
          "version"),
         ("a version as a string in the body", "POST", f"{path}/risk", president,
          {"version": str(v), "risk_level": "low"}, 422, "invalid_input", "version"),
