@@ -280,3 +280,9 @@ def _schema(type_: str) -> Schema:
     if schema is None:
         schema = _SCHEMAS[type_] = CATALOGUE[type_].schema()
     return schema
+
+
+# identity's events (organisations and members) join the catalogue
+from contracts import identity_events as _identity_events  # noqa: E402
+
+CATALOGUE.update({e.name: e for e in _identity_events.catalogue()})

@@ -328,6 +328,11 @@ class SqlOrganizationRepository:
             )
         )
 
+    def set_timezone(self, organization_id: str, timezone_name: str) -> None:
+        self.session.execute(
+            update(orm.organizations).where(orm.organizations.c.id == organization_id).values(timezone=timezone_name)
+        )
+
     def assign_protocol(self, organization_id: str, protocol_id: str, version: int) -> None:
         self.session.execute(
             update(orm.organizations).where(orm.organizations.c.id == organization_id).values(
