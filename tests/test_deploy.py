@@ -86,7 +86,7 @@ DATABASE_OF = {
 # gateway's process) and to the migration, which re-signs cases' older entries
 # and, in Compose, runs the operators' commands that the trails record.
 SECRET_HOLDERS = {
-    "CASES_ENCRYPTION_KEYS": {"cases"},
+    "CASES_ENCRYPTION_KEYS": {"cases", "migrate"},  # the migration encrypts stored fields
     "CALLER_KEYS": set(PROCESSES),
     "AUDIT_KEYS": {"cases", "gateway", "migrate"},
 }

@@ -46,6 +46,7 @@ class CasePageSchema(Schema):
 
 class PlanStepSchema(Schema):
     step_id = fields.String()
+    ref = fields.String(metadata={"description": "the step's opaque reference, as step events name it"})
     title = fields.Dict(keys=fields.String(), values=fields.String())
     responsible = fields.List(fields.String())
     done_when = fields.String(allow_none=True)
