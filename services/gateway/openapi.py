@@ -50,6 +50,8 @@ PATH_PARAMETER = {
     "case_id": {"type": "string", "format": "uuid"},
     "consent_id": {"type": "string", "format": "uuid"},
     "step_id": {"type": "string", "minLength": 1, "maxLength": 16, "pattern": "^[A-Za-z0-9_-]+$"},
+    "person_id": {"type": "string", "format": "uuid"},
+    "token_id": {"type": "string", "format": "uuid"},
 }
 
 

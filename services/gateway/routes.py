@@ -20,6 +20,7 @@ from marshmallow import Schema
 from contracts import rpc as contract
 from contracts.rpc import ROLES
 from services.gateway import schemas
+from services.identity.service_layer import people
 
 # who works on cases; ``admin`` manages people and never sees a case, and
 # ``programme`` and ``operator`` see aggregates only
@@ -140,13 +141,47 @@ ROUTES: tuple[Route, ...] = (
           contract.ReopenSchema),
     Route("audit_trail", "GET", CASE + "/audit", "Who read or changed what, when",
           frozenset({"president", "supervisor"}), "cases.audit_trail", output=schemas.AuditEntrySchema(many=True)),
-    Route("list_providers", "GET", V1 + "/providers", "The organisation's provider directory", ANY_MEMBER,
+    Route("list_providers", "GET", V1 + "/providers", "The organisation's provider directory", SEES_CASES,
           "referrals.list_providers", output=schemas.ProvidersSchema, tags=("referrals",),
           present="_providers"),
     Route("statistics", "GET", V1 + "/statistics", "Anonymous counts from cases with reporting consent",
           frozenset({"president", "supervisor", "programme"}), "cases.statistics",
           query=contract.StatisticsFilterSchema, output=schemas.StatisticsSchema, tags=("statistics",),
           present="_statistics", query_extra=(STATISTICS_FORMAT,)),
+)
+
+# identity's own routes: answered in the gateway's process by identity's code
+# (services/identity/service_layer/people.py), which checks the principal again
+PERSON = V1 + "/people/<string:person_id>"
+EVERYONE = frozenset(ROLES)
+ROUTES += (
+    Route("login", "POST", V1 + "/sessions", "Log in to the console: a read-write token for 12 hours", None,
+          "identity.login", body=people.LoginSchema, output=people.SessionSchema, status=201, tags=("identity",),
+          extra_errors=(401,)),
+    Route("me", "GET", V1 + "/me", "Who you are: your roles, language and your token's scope", EVERYONE,
+          "identity.me", output=people.MeSchema, tags=("identity",)),
+    Route("my_tokens", "GET", V1 + "/me/tokens", "Your tokens: scope, expiry, last use (never a secret)",
+          EVERYONE, "identity.my_tokens", output=people.TokensSchema, tags=("identity",)),
+    Route("issue_my_token", "POST", V1 + "/me/tokens", "A new token of yours (its secret shown once)", EVERYONE,
+          "identity.issue_my_token", body=people.NewTokenSchema, output=people.IssuedTokenSchema, status=201,
+          tags=("identity",)),
+    Route("revoke_my_token", "DELETE", V1 + "/me/tokens/<string:token_id>", "Revoke one of your tokens",
+          EVERYONE, "identity.revoke_my_token", output=people.TokenViewSchema, tags=("identity",)),
+    Route("list_people", "GET", V1 + "/people", "The people of your organisation", frozenset({"admin", "president"}),
+          "identity.list_people", output=people.PeopleSchema, tags=("identity",)),
+    Route("add_person", "POST", V1 + "/people", "Add a person to your organisation", frozenset({"admin"}),
+          "identity.add_person", body=people.NewPersonSchema, output=people.PersonViewSchema, status=201,
+          writes=True, version_of="revision", tags=("identity",), extra_errors=(409,)),
+    Route("get_person", "GET", PERSON, "A person of your organisation", frozenset({"admin", "president"}),
+          "identity.get_person", output=people.PersonViewSchema, version_of="revision", tags=("identity",)),
+    _edit("change_person", "PATCH", PERSON, "Change a person's name, contact points or language",
+          frozenset({"admin"}), "identity.change_person", people.PersonChangeSchema, output=people.PersonViewSchema,
+          version_of="revision", tags=("identity",)),
+    _edit("set_roles", "PUT", PERSON + "/roles", "Set a person's roles", frozenset({"admin"}), "identity.set_roles",
+          people.RolesSchema, output=people.PersonViewSchema, version_of="revision", tags=("identity",)),
+    _edit("deactivate_person", "POST", PERSON + "/deactivation",
+          "Deactivate a person: she cannot log in, every token she holds stops working", frozenset({"admin"}),
+          "identity.deactivate", output=people.PersonViewSchema, version_of="revision", tags=("identity",)),
 )
 
 BY_NAME = {r.name: r for r in ROUTES}

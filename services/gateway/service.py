@@ -22,6 +22,8 @@ from services.gateway.api import (
 )
 from services.gateway.limits import RateLimit, address_key, token_key
 from services.gateway.routes import ROUTES, Route
+from services.identity.service_layer import people
+from services.identity.service_layer.handlers import LoginRefused
 
 READY_TIMEOUT_SECONDS = 2.0
 
@@ -58,6 +60,8 @@ class GatewayService:
         principal = self._admit(spec, request)
         if spec.operation is None:
             return self._respond(spec, request, getattr(self, spec.present)(request))
+        if spec.operation.startswith("identity."):
+            return self._respond(spec, request, self._identity(spec, request, principal, path))
         caller = self._caller(principal)
         args: list = [caller, *(path[name] for name in spec.path_parameters)]
         if spec.query is not None:
@@ -75,6 +79,31 @@ class GatewayService:
         if spec.present:
             result = getattr(self, spec.present)(request, result, caller)
         return self._respond(spec, request, result)
+
+    def _identity(self, spec: Route, request: Request, principal, path: dict):
+        """A route identity answers, in this process, on its own database."""
+        operation = getattr(people, spec.operation.split(".", 1)[1])
+        args: list = [self.db.session] + ([] if principal is None else [principal])
+        args += [path[name] for name in spec.path_parameters]
+        expected = if_match(request) if spec.edit else None
+        if spec.body is not None:
+            args.append(read_json(request))
+        if spec.public:  # the login: throttled per address too
+            args.append(request.remote_addr or "unknown")
+        if spec.edit:
+            args.append(expected)
+        try:
+            result = operation(*args)
+        except LoginRefused as err:
+            if err.retry_after:
+                raise HttpError(429, "too_many_attempts", "too many failed logins; try again later",
+                                headers={"Retry-After": str(err.retry_after)}) from None
+            raise HttpError(401, "invalid_credentials",
+                            "the e-mail address or the password is wrong, or the account is not active") from None
+        finally:
+            self.db.close()
+        schema = spec.output() if isinstance(spec.output, type) else spec.output
+        return schema.dump(result)
 
     def _admit(self, spec: Route, request: Request) -> identity.Principal | None:
         if spec.public:

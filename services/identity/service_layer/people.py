@@ -1,0 +1,284 @@
+"""What identity answers over the HTTP API, for the gateway that hosts it:
+who am I, a login for the console, the organisation's people (an admin adds,
+edits, sets roles and deactivates them; a president reads them), and one's
+own tokens. Every function checks the principal itself (the gateway's route
+table is the first check, this the second), works in the caller's session,
+records what it changed in identity's audit trail and commits.
+
+An admin manages the people of her own organisation and never sees a case.
+She cannot issue a token for someone else (that would let her act as them):
+a person issues her own tokens, and deactivating her revokes them all.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from contracts.errors import Forbidden, InvalidInput, NotFound, Stale
+from contracts.fields import StrictInteger, StrictList, StrictString
+from contracts.rpc import ROLES
+from services.identity.adapters import audit, orm
+from services.identity.domain import model
+from services.identity.domain.model import Principal
+from services.identity.service_layer import handlers
+
+LANGUAGES = model.LANGUAGES
+
+
+class _Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class LoginSchema(_Strict):
+    email = StrictString(required=True, validate=validate.Length(min=1, max=320))
+    password = StrictString(required=True, validate=validate.Length(min=1, max=200))
+
+
+class NewPersonSchema(_Strict):
+    name = StrictString(required=True, validate=validate.Length(min=1, max=200))
+    email = StrictString(load_default=None, allow_none=True, validate=validate.Length(max=320))
+    phone = StrictString(load_default=None, allow_none=True, validate=validate.Length(max=16))
+    language = StrictString(required=True, validate=validate.OneOf(LANGUAGES))
+    roles = StrictList(StrictString(validate=validate.OneOf(ROLES)), required=True, max_items=len(ROLES))
+
+
+class PersonChangeSchema(_Strict):
+    name = StrictString(validate=validate.Length(min=1, max=200))
+    email = StrictString(validate=validate.Length(max=320))
+    phone = StrictString(validate=validate.Length(max=16))
+    language = StrictString(validate=validate.OneOf(LANGUAGES))
+
+
+class RolesSchema(_Strict):
+    roles = StrictList(StrictString(validate=validate.OneOf(ROLES)), required=True, max_items=len(ROLES))
+
+
+class NewTokenSchema(_Strict):
+    scope = StrictString(load_default="read_write", validate=validate.OneOf(model.SCOPES))
+    days = StrictInteger(load_default=None, allow_none=True, validate=validate.Range(min=1, max=366))
+    label = StrictString(load_default="api", validate=validate.Length(min=1, max=100))
+
+
+class PersonViewSchema(Schema):
+    id = fields.String()
+    organization_id = fields.String()
+    name = fields.String()
+    email = fields.String(allow_none=True)
+    phone = fields.String(allow_none=True)
+    language = fields.String()
+    roles = fields.List(fields.String())
+    active = fields.Boolean()
+    supervised_organization_ids = fields.List(fields.String())
+    revision = fields.Integer()
+
+
+class MeSchema(PersonViewSchema):
+    scope = fields.String()
+
+
+class PeopleSchema(Schema):
+    items = fields.List(fields.Nested(PersonViewSchema))
+
+
+class TokenViewSchema(Schema):
+    id = fields.String()
+    scope = fields.String()
+    label = fields.String()
+    created_at = fields.AwareDateTime()
+    expires_at = fields.AwareDateTime()
+    last_used_at = fields.AwareDateTime(allow_none=True)
+    revoked_at = fields.AwareDateTime(allow_none=True)
+
+
+class TokensSchema(Schema):
+    items = fields.List(fields.Nested(TokenViewSchema))
+
+
+class IssuedTokenSchema(TokenViewSchema):
+    token = fields.String(metadata={"description": "the secret, shown this once"})
+
+
+class SessionSchema(Schema):
+    token = fields.String(metadata={"description": "a read-write token for this console session"})
+    expires_at = fields.AwareDateTime()
+    person = fields.Nested(MeSchema)
+
+
+def _load(schema: Schema, data, partial: bool = False) -> dict:
+    if not isinstance(data, dict):
+        raise InvalidInput("the body must be a JSON object", {"_schema": ["expected an object"]})
+    try:
+        return schema.load(data, partial=partial)
+    except ValidationError as err:
+        messages = err.messages if isinstance(err.messages, dict) else {"_schema": list(err.messages)}
+        raise InvalidInput("some fields are not valid", {str(k): v for k, v in messages.items()}) from None
+
+
+_LOGIN, _NEW, _CHANGE, _ROLES, _TOKEN = LoginSchema(), NewPersonSchema(), PersonChangeSchema(), RolesSchema(), \
+    NewTokenSchema()
+
+
+def _view(session: Session, member_id: str) -> dict:
+    organization_id, state = handlers.member_state(session, member_id)
+    return {"id": state["member_id"], "organization_id": organization_id, "name": state["name"],
+            "email": state["email"], "phone": state["phone"], "language": state["language"],
+            "roles": state["roles"], "active": state["active"],
+            "supervised_organization_ids": state["supervised_organization_ids"], "revision": state["revision"]}
+
+
+def _admin(principal: Principal) -> None:
+    if "admin" not in principal.roles:
+        raise Forbidden("only an admin manages people")
+
+
+def _own(session: Session, principal: Principal, member_id: str) -> dict:
+    """A person of the principal's organisation; of any other, not found."""
+    row = session.execute(select(orm.people.c.organization_id).where(orm.people.c.id == member_id)).first()
+    if row is None or row.organization_id != principal.organization_id:
+        raise NotFound("no such person")
+    return _view(session, member_id)
+
+
+def _check_revision(person: dict, expected: int) -> None:
+    if expected != person["revision"]:
+        raise Stale("the person was changed meanwhile; read her again",
+                    {"If-Match": [f"the person is at revision {person['revision']}"]},
+                    current_version=person["revision"])
+
+
+# -- who am I, and a console login ----------------------------------------------
+
+def me(session: Session, principal: Principal) -> dict:
+    return {**_view(session, principal.user_id), "scope": principal.scope}
+
+
+def login(session: Session, body, address: str, now: datetime | None = None) -> dict:
+    data = _load(_LOGIN, body)
+    try:
+        token, principal = handlers.login(session, email=data["email"], password=data["password"],
+                                          address=address or "unknown", now=now)
+    except handlers.LoginRefused:
+        session.commit()  # the failure counts
+        raise
+    expires = session.execute(select(orm.api_tokens.c.expires_at).where(
+        orm.api_tokens.c.id == principal.token_id)).scalar()
+    audit.record(session, "login", actor=principal.user_id, member_id=principal.user_id,
+                 token_id=principal.token_id)
+    session.commit()
+    return {"token": token, "expires_at": expires, "person": me(session, principal)}
+
+
+# -- the organisation's people ------------------------------------------------------
+
+def list_people(session: Session, principal: Principal) -> dict:
+    if not {"admin", "president"} & set(principal.roles):
+        raise Forbidden("only an admin or the president sees the organisation's people")
+    ids = session.execute(select(orm.people.c.id).where(orm.people.c.organization_id == principal.organization_id)
+                          .order_by(orm.people.c.name, orm.people.c.id)).scalars().all()
+    return {"items": [_view(session, i) for i in ids]}
+
+
+def get_person(session: Session, principal: Principal, member_id: str) -> dict:
+    if not {"admin", "president"} & set(principal.roles):
+        raise Forbidden("only an admin or the president sees the organisation's people")
+    return _own(session, principal, member_id)
+
+
+def add_person(session: Session, principal: Principal, body) -> dict:
+    _admin(principal)
+    data = _load(_NEW, body)
+    member_id = handlers.add_member(session, organization_id=principal.organization_id, name=data["name"],
+                                    roles=data["roles"], language=data["language"], email=data["email"],
+                                    phone=data["phone"])
+    audit.record(session, "member_added", actor=principal.user_id, organization_id=principal.organization_id,
+                 member_id=member_id, detail="roles=" + ",".join(sorted(set(data["roles"]))))
+    session.commit()
+    return _view(session, member_id)
+
+
+def change_person(session: Session, principal: Principal, member_id: str, body, expected: int) -> dict:
+    _admin(principal)
+    data = _load(_CHANGE, body)
+    _check_revision(_own(session, principal, member_id), expected)
+    if not data:
+        raise InvalidInput("say what changes", {"_schema": ["give at least one of name, email, phone, language"]})
+    handlers.change_member(session, member_id, name=data.get("name"), email=data.get("email"),
+                           phone=data.get("phone"), language=data.get("language"))
+    audit.record(session, "member_changed", actor=principal.user_id, member_id=member_id,
+                 detail="fields=" + ",".join(sorted(data)))
+    return _commit_if_unchanged_meanwhile(session, member_id, expected)
+
+
+def set_roles(session: Session, principal: Principal, member_id: str, body, expected: int) -> dict:
+    _admin(principal)
+    data = _load(_ROLES, body)
+    _check_revision(_own(session, principal, member_id), expected)
+    if member_id == principal.user_id and "admin" not in data["roles"]:
+        raise InvalidInput("an admin cannot take her own admin role away",
+                           {"roles": ["keep admin: another admin can change your roles"]})
+    handlers.set_roles(session, member_id, data["roles"])
+    audit.record(session, "member_roles_changed", actor=principal.user_id, member_id=member_id,
+                 detail="roles=" + ",".join(sorted(set(data["roles"]))))
+    return _commit_if_unchanged_meanwhile(session, member_id, expected)
+
+
+def deactivate(session: Session, principal: Principal, member_id: str, expected: int) -> dict:
+    _admin(principal)
+    _check_revision(_own(session, principal, member_id), expected)
+    if member_id == principal.user_id:
+        raise InvalidInput("an admin cannot deactivate herself", {"person_id": ["ask another admin"]})
+    revoked = handlers.deactivate_member(session, member_id)
+    audit.record(session, "member_deactivated", actor=principal.user_id, member_id=member_id,
+                 detail=f"tokens_revoked={revoked}")
+    return _commit_if_unchanged_meanwhile(session, member_id, expected)
+
+
+def _commit_if_unchanged_meanwhile(session: Session, member_id: str, expected: int) -> dict:
+    """Each change bumps the revision by one; anything else means another
+    edit got in between the check and the change: nothing is kept."""
+    view = _view(session, member_id)
+    if view["revision"] != expected + 1:
+        session.rollback()
+        current = _view(session, member_id)
+        raise Stale("the person was changed meanwhile; read her again",
+                    {"If-Match": [f"the person is at revision {current['revision']}"]},
+                    current_version=current["revision"])
+    session.commit()
+    return view
+
+
+# -- one's own tokens -------------------------------------------------------------------
+
+def my_tokens(session: Session, principal: Principal) -> dict:
+    rows = handlers.list_tokens(session, member_id=principal.user_id)
+    return {"items": [{k: row[k] for k in ("id", "scope", "label", "created_at", "expires_at", "last_used_at",
+                                           "revoked_at")} for row in rows]}
+
+
+def issue_my_token(session: Session, principal: Principal, body) -> dict:
+    data = _load(_TOKEN, body)
+    if data["scope"] == "read_write" and principal.scope != "read_write":
+        raise Forbidden("a read-only token cannot make one that writes")
+    token_id, token, expires_at = handlers.issue_token(session, principal.user_id, scope=data["scope"],
+                                                       days=data["days"], label=data["label"])
+    audit.record(session, "token_issued", actor=principal.user_id, member_id=principal.user_id, token_id=token_id,
+                 detail=f"scope={data['scope']}")
+    session.commit()
+    row = next(r for r in handlers.list_tokens(session, member_id=principal.user_id) if r["id"] == token_id)
+    return {**{k: row[k] for k in ("id", "scope", "label", "created_at", "expires_at", "last_used_at",
+                                   "revoked_at")}, "token": token}
+
+
+def revoke_my_token(session: Session, principal: Principal, token_id: str) -> dict:
+    owner = session.execute(select(orm.api_tokens.c.person_id).where(orm.api_tokens.c.id == token_id)).scalar()
+    if owner != principal.user_id:
+        raise NotFound("no such token")
+    handlers.revoke_token(session, token_id)
+    audit.record(session, "token_revoked", actor=principal.user_id, member_id=principal.user_id, token_id=token_id)
+    session.commit()
+    row = next(r for r in handlers.list_tokens(session, member_id=principal.user_id) if r["id"] == token_id)
+    return {k: row[k] for k in ("id", "scope", "label", "created_at", "expires_at", "last_used_at", "revoked_at")}
