@@ -7,7 +7,7 @@ on SQLite:
     SMTP_URL=smtp://127.0.0.1:2525 WARMI_HOME=/tmp/warmi-bench ./scripts/run
 
 or on PostgreSQL (``warmi run`` creates the databases warmi_bench_cases,
-warmi_bench_notifications, warmi_bench_referrals and warmi_bench_gateway):
+warmi_bench_notifications, warmi_bench_referrals and warmi_bench_identity):
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/warmi_bench SMTP_URL=smtp://127.0.0.1:2525 \\
         WARMI_HOME=/tmp/warmi-bench ./scripts/run
@@ -26,7 +26,7 @@ environment), pass --gateway, --metrics and --smtp-port to match.
 Afterwards stop the product (Ctrl-C), remove /tmp/warmi-bench and, on
 PostgreSQL, drop the four databases:
 
-    for s in cases notifications referrals gateway; do dropdb -h 127.0.0.1 -U postgres warmi_bench_$s; done
+    for s in cases notifications referrals identity; do dropdb -h 127.0.0.1 -U postgres warmi_bench_$s; done
 
 Phases: RPC round trips (bare kombu echo against nameko's standalone proxy
 calling ``cases.health``) while idle; ``--cases`` cases as fast as ``--clients``
@@ -148,6 +148,9 @@ def create_organizations(count: int) -> list[str]:
             tokens.append(json.loads(done.stdout)["focal_point"]["token"])
         elif tries > count + 5:  # a code already taken is worth another try, not many
             raise RuntimeError(f"create-organization failed (exit {done.returncode}): {done.stderr.strip()[-300:]}")
+    # the cases and notifications services learn of new organisations from
+    # identity's events, relayed by the gateway's process within a moment
+    time.sleep(3.0)
     return tokens
 
 
