@@ -11,7 +11,7 @@ def _backend_pid(engine) -> int:
 
 
 def test_a_connection_killed_while_idle_is_replaced_before_use(database_urls, engines, monkeypatch):
-    engine = database.make_engine(database_urls["gateway"])
+    engine = database.make_engine(database_urls["identity"])
     try:
         first = _backend_pid(engine)
         assert _backend_pid(engine) == first  # in steady use: the same connection, not pinged away
@@ -29,7 +29,7 @@ def test_a_connection_killed_while_idle_is_replaced_before_use(database_urls, en
 def test_without_the_idle_ping_the_dead_connection_fails_the_next_transaction(database_urls, engines, monkeypatch):
     """The contrast that shows the test above can fail: a connection used
     again within the idle window is not tested, and a kill shows."""
-    engine = database.make_engine(database_urls["gateway"])
+    engine = database.make_engine(database_urls["identity"])
     try:
         first = _backend_pid(engine)
         with engines["identity"].connect() as admin:

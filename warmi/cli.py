@@ -103,9 +103,57 @@ def cmd_create_organization(args) -> int:
         )
     except WarmiError as err:
         return _fail(err)
+    _told(_await_services([
+        ("cases", "knows_organization", (result["organization"]["id"],)),
+        ("notifications", "knows_member", (result["president"]["id"], 1)),
+        ("notifications", "knows_member", (result["focal_point"]["id"], 1)),
+    ]), "the organisation and its people")
     print(json.dumps(result, indent=2))
     print("Tokens are shown once; hand each to its holder.", file=sys.stderr)
     return 0
+
+
+def _await_services(checks: list, timeout: float = 10.0) -> bool:
+    """Wait until the running services have what identity's events just told
+    them (``checks``: (service, method, args) answering True once they have),
+    so that the next step (opening a case) finds them ready. False, without
+    waiting long, when the services do not run."""
+    import time
+
+    from nameko.exceptions import RpcTimeout, UnknownService
+    from nameko.standalone.rpc import ClusterRpcProxy
+
+    deadline = time.monotonic() + timeout
+    try:
+        with ClusterRpcProxy({"AMQP_URI": _amqp_uri()}, timeout=2) as rpc:
+            pending = list(checks)
+            while pending:
+                left = []
+                for service, method, args in pending:
+                    try:
+                        known = getattr(getattr(rpc, service), method)(*args)
+                    except UnknownService:
+                        return False  # that service has never run on this broker
+                    except RpcTimeout:
+                        known = False
+                    if not known:
+                        left.append((service, method, args))
+                pending = left
+                if pending:
+                    if time.monotonic() > deadline:
+                        return False
+                    time.sleep(0.2)
+    except Exception:  # no broker: nothing runs to be told
+        return False
+    return True
+
+
+def _told(known: bool, what: str) -> None:
+    if known:
+        print(f"The services know {what}.", file=sys.stderr)
+    else:
+        print(f"The services did not confirm that they know {what}: they learn of it from identity's events "
+              "as soon as the gateway and they run.", file=sys.stderr)
 
 
 def _fail(err) -> int:
@@ -126,6 +174,7 @@ def cmd_create_user(args) -> int:
         )
     except WarmiError as err:
         return _fail(err)
+    _told(_await_services([("notifications", "knows_member", (result["id"], 1))]), "her")
     print(json.dumps(result, indent=2))
     print("The token is shown once; hand it to its holder.", file=sys.stderr)
     return 0

@@ -279,5 +279,15 @@ class CasesService:
         self.retention()
 
     @rpc
+    def knows_organization(self, organization_id) -> bool:
+        """Whether identity's event of this organisation has arrived: for the
+        operators' command that registered it, to say when cases can be
+        opened. Like ``health`` it takes no caller; it answers yes or no
+        about an id the asker already has, and nothing else."""
+        if not isinstance(organization_id, str) or len(organization_id) > 36:
+            return False
+        return self._uow().organizations.get(organization_id) is not None
+
+    @rpc
     def health(self) -> dict:
         return {"service": self.name, "status": "ok"}

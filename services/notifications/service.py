@@ -144,5 +144,14 @@ class NotificationsService:
         self.retention()
 
     @rpc
+    def knows_member(self, member_id, revision) -> bool:
+        """Whether this revision of a member (or a later one) has arrived from
+        identity: for the operators' command that made it. Like ``health`` it
+        takes no caller and answers only yes or no about an id."""
+        if not isinstance(member_id, str) or len(member_id) > 36 or not isinstance(revision, int):
+            return False
+        return UnitOfWork(self.db.session).member_revision(member_id) >= revision
+
+    @rpc
     def health(self) -> dict:
         return {"service": self.name, "status": "ok"}

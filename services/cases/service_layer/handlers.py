@@ -58,8 +58,12 @@ def project_organization(uow: UnitOfWork, event: dict) -> bool:
     data, organization_id = event["data"], str(event["organization_id"])
     existing = uow.organizations.get(organization_id)
     if existing is None:
-        uow.organizations.add(model.Organization(organization_id, data["code"], data["timezone"]))
-    elif existing.timezone != data["timezone"]:
+        try:  # two events of one organisation may be handled side by side
+            with uow.session.begin_nested():
+                uow.organizations.add(model.Organization(organization_id, data["code"], data["timezone"]))
+        except IntegrityError:
+            existing = uow.organizations.get(organization_id)
+    if existing is not None and existing.timezone != data["timezone"]:
         uow.organizations.set_timezone(organization_id, data["timezone"])
     uow.commit()
     return True

@@ -81,14 +81,14 @@ class UnitOfWork:
         kept. True if it changed anything."""
         t = orm.organizations
         values = dict(timezone=data["timezone"], language=data["language"], revision=data["revision"])
-        updated = self.session.execute(
-            update(t).where(t.c.id == organization_id, t.c.revision < data["revision"]).values(**values))
-        if updated.rowcount:
+        newer = update(t).where(t.c.id == organization_id, t.c.revision < data["revision"]).values(**values)
+        if self.session.execute(newer).rowcount:
             return True
         if self.session.execute(select(t.c.id).where(t.c.id == organization_id)).first() is not None:
             return False
-        self.session.execute(insert(t).values(id=organization_id, **values))
-        return True
+        if self._insert_once(insert(t).values(id=organization_id, **values)):
+            return True
+        return bool(self.session.execute(newer).rowcount)  # another event of it got in first
 
     def project_member(self, organization_id: str, data: dict) -> bool:
         """Keep a member as told (every role, contact points, supervisions),
@@ -100,16 +100,32 @@ class UnitOfWork:
             channel="email", address=data["email"], phone=data["phone"], locale=data["language"],
             active=1 if data["active"] else 0, revision=data["revision"],
         )
-        updated = self.session.execute(
-            update(t).where(t.c.user_id == member_id, t.c.revision < data["revision"]).values(**values))
-        if not updated.rowcount:
+        newer = update(t).where(t.c.user_id == member_id, t.c.revision < data["revision"]).values(**values)
+        if not self.session.execute(newer).rowcount:
             if self.session.execute(select(t.c.user_id).where(t.c.user_id == member_id)).first() is not None:
                 return False
-            self.session.execute(insert(t).values(user_id=member_id, **values))
+            if not self._insert_once(insert(t).values(user_id=member_id, **values)) and \
+                    not self.session.execute(newer).rowcount:
+                return False  # another event of hers, as new or newer, got in first
         self.session.execute(delete(s).where(s.c.user_id == member_id))
         supervised = sorted({str(o) for o in data["supervised_organization_ids"]})
         if supervised:
             self.session.execute(insert(s), [{"user_id": member_id, "organization_id": o} for o in supervised])
+        return True
+
+    def member_revision(self, member_id: str) -> int:
+        t = orm.recipients
+        return self.session.execute(select(t.c.revision).where(t.c.user_id == member_id)).scalar() or 0
+
+    def _insert_once(self, statement) -> bool:
+        """Insert a row another worker may be inserting at the same moment
+        (two events about one member handled side by side): False, and
+        nothing written, if the other got there first."""
+        try:
+            with self.session.begin_nested():
+                self.session.execute(statement)
+        except IntegrityError:
+            return False
         return True
 
     def supervisors_of(self, organization_id: str) -> list[Recipient]:
