@@ -173,14 +173,9 @@ def key_file() -> Path:
 
 def new_key_file(path: Path) -> bool:
     """Create ``path`` (mode 600) with one fresh key unless it exists; True if created."""
-    path = Path(path)
-    if path.exists():
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(generate_key() + "\n")
-    return True
+    from servicekit.keyfiles import create_key_file
+
+    return create_key_file(Path(path), generate_key())
 
 
 def add_key(path: Path, key: str | None = None) -> str:

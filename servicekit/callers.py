@@ -20,7 +20,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -105,13 +104,9 @@ def new_key_line() -> str:
 
 def ensure_key_file(path: Path) -> bool:
     """Make a key file with one fresh key if there is none; True if made."""
-    if path.exists():
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(new_key_line() + "\n")
-    return True
+    from servicekit.keyfiles import create_key_file
+
+    return create_key_file(path, new_key_line())
 
 
 class Callers(DependencyProvider):

@@ -31,7 +31,6 @@ def session_for(service: str):
 def organization_id_of(code: str) -> str:
     """The id of the organisation with this code, as identity knows it."""
     from contracts.errors import InvalidInput
-    from services.identity.adapters import audit
     from services.identity.service_layer import handlers as identity
 
     with session_for("identity") as session:
@@ -152,7 +151,6 @@ def issue_token(*, user_id: str, scope: str, days: float | None, label: str) -> 
 
 def list_tokens(*, user_id: str | None = None, org_code: str | None = None) -> list[dict]:
     """Every token's id, holder, scope, expiry and last use: never a secret."""
-    from services.identity.adapters import audit
     from services.identity.service_layer import handlers as identity
 
     organization_id = organization_id_of(org_code) if org_code else None

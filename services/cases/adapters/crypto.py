@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -107,10 +106,6 @@ def bound(session) -> KeyRing:
 
 def new_key_file(path: Path) -> bool:
     """Create ``path`` with one fresh key unless it exists; True if created."""
-    if path.exists():
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(Fernet.generate_key().decode() + "\n")
-    return True
+    from servicekit.keyfiles import create_key_file
+
+    return create_key_file(path, Fernet.generate_key().decode())
