@@ -368,7 +368,8 @@ def issue_token(session: Session, member_id: str, *, scope: str = "read_write", 
     return token_id, token, expires_at
 
 
-def list_tokens(session: Session, *, member_id: str | None = None, organization_id: str | None = None) -> list[dict]:
+def list_tokens(session: Session, *, member_id: str | None = None, organization_id: str | None = None,
+                token_id: str | None = None) -> list[dict]:
     """Tokens as an operator sees them: never the secret, nor its hash."""
     t, p = orm.api_tokens, orm.people
     query = (select(t.c.id, t.c.person_id, p.c.organization_id, t.c.scope, t.c.label, t.c.created_at, t.c.expires_at,
@@ -378,6 +379,8 @@ def list_tokens(session: Session, *, member_id: str | None = None, organization_
         query = query.where(t.c.person_id == member_id)
     if organization_id is not None:
         query = query.where(p.c.organization_id == organization_id)
+    if token_id is not None:
+        query = query.where(t.c.id == token_id)
     return [dict(row._mapping) for row in session.execute(query)]
 
 

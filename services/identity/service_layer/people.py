@@ -253,10 +253,17 @@ def _commit_if_unchanged_meanwhile(session: Session, member_id: str, expected: i
 
 # -- one's own tokens -------------------------------------------------------------------
 
+TOKEN_FIELDS = ("id", "scope", "label", "created_at", "expires_at", "last_used_at", "revoked_at")
+
+
+def _tokens(session: Session, principal: Principal, token_id: str | None = None) -> list[dict]:
+    """The principal's own tokens (one, with ``token_id``), never a secret."""
+    rows = handlers.list_tokens(session, member_id=principal.user_id, token_id=token_id)
+    return [{k: row[k] for k in TOKEN_FIELDS} for row in rows]
+
+
 def my_tokens(session: Session, principal: Principal) -> dict:
-    rows = handlers.list_tokens(session, member_id=principal.user_id)
-    return {"items": [{k: row[k] for k in ("id", "scope", "label", "created_at", "expires_at", "last_used_at",
-                                           "revoked_at")} for row in rows]}
+    return {"items": _tokens(session, principal)}
 
 
 def issue_my_token(session: Session, principal: Principal, body) -> dict:
@@ -268,9 +275,8 @@ def issue_my_token(session: Session, principal: Principal, body) -> dict:
     audit.record(session, "token_issued", actor=principal.user_id, member_id=principal.user_id, token_id=token_id,
                  detail=f"scope={data['scope']}")
     session.commit()
-    row = next(r for r in handlers.list_tokens(session, member_id=principal.user_id) if r["id"] == token_id)
-    return {**{k: row[k] for k in ("id", "scope", "label", "created_at", "expires_at", "last_used_at",
-                                   "revoked_at")}, "token": token}
+    (issued,) = _tokens(session, principal, token_id)
+    return {**issued, "token": token}
 
 
 def revoke_my_token(session: Session, principal: Principal, token_id: str) -> dict:
@@ -280,5 +286,5 @@ def revoke_my_token(session: Session, principal: Principal, token_id: str) -> di
     handlers.revoke_token(session, token_id)
     audit.record(session, "token_revoked", actor=principal.user_id, member_id=principal.user_id, token_id=token_id)
     session.commit()
-    row = next(r for r in handlers.list_tokens(session, member_id=principal.user_id) if r["id"] == token_id)
-    return {k: row[k] for k in ("id", "scope", "label", "created_at", "expires_at", "last_used_at", "revoked_at")}
+    (revoked,) = _tokens(session, principal, token_id)
+    return revoked
