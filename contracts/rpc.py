@@ -195,11 +195,26 @@ class CaseViewSchema(Schema):
 
 
 class DeliveryViewSchema(Schema):
+    kind = fields.String()
     channel = fields.String()
     recipient_role = fields.String()
     status = fields.String()
     attempts = fields.Integer()
     sent_at = fields.AwareDateTime(allow_none=True, default_timezone=timezone.utc)
+    provider_code = fields.String(allow_none=True)
+
+
+class NoticeStepSchema(Schema):
+    """One line of a case's notification history: an attempt or an
+    escalation step. Never a body, an address or a person."""
+
+    at = fields.AwareDateTime(default_timezone=timezone.utc)
+    kind = fields.String()
+    step = fields.String()
+    rung = fields.String(allow_none=True)
+    recipient_role = fields.String(allow_none=True)
+    channel = fields.String(allow_none=True)
+    code = fields.String(allow_none=True)
 
 
 def load(schema: Schema, data, *, partial: bool = False) -> dict:

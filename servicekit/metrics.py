@@ -79,7 +79,42 @@ STEPS_OVERDUE = Gauge(
     "warmi_plan_steps_overdue", "Open plan steps past their due time, all organisations together", ["service"]
 )
 NOTIFICATIONS = Counter(
-    "warmi_notifications_total", "Notification deliveries by channel and outcome", ["channel", "outcome"]
+    "warmi_notifications_total", "Notification delivery attempts by channel, kind and outcome",
+    ["channel", "kind", "outcome"],
+)  # outcome: sent, failed (tried again), rejected, superseded, capped, cancelled
+NOTIFICATION_LATENCY = Histogram(
+    "warmi_notification_latency_seconds", "From the event's occurred_at to the provider's acceptance",
+    ["channel"], buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0),
+)
+NOTIFICATION_ACKS = Counter(
+    "warmi_notification_acknowledgements_total", "Urgent notices acknowledged, by the rung they had reached",
+    ["rung"],
+)
+NOTIFICATION_ESCALATIONS = Counter(
+    "warmi_notification_escalations_total", "Unacknowledged notices that climbed a rung, by the rung reached",
+    ["rung"],
+)
+NOTIFICATION_SPEND = Gauge(
+    "warmi_notification_spend_messages", "SMS and WhatsApp messages of the month, per organisation",
+    ["organization", "channel"],
+)  # the organisation is no survivor fact; these are the only metrics that name one
+NOTIFICATION_SPEND_CAP = Gauge(
+    "warmi_notification_spend_cap_messages", "The monthly cap of SMS and WhatsApp messages, per organisation",
+    ["organization", "channel"],
+)
+NOTIFICATION_CAP_FALLBACKS = Counter(
+    "warmi_notification_cap_fallbacks_total", "Messages not sent on a channel because the monthly cap was reached",
+    ["organization", "channel"],
+)
+NOTIFICATION_UNREACHABLE = Counter(
+    "warmi_notification_unreachable_total", "People a rule names who could not be reached, by kind and reason",
+    ["kind", "reason"],
+)
+NOTIFICATION_ACK_REFUSED = Counter(
+    "warmi_notification_ack_refused_total", "Acknowledgement links refused, by reason", ["reason"]
+)
+NOTIFICATION_RULES_REFUSED = Counter(
+    "warmi_notification_rules_refused_total", "Rules files refused at load; the previous rules stayed"
 )
 RETENTION_DELETED = Counter(
     "warmi_retention_deleted_total", "Rows deleted by retention once older than their period", ["service", "table"]

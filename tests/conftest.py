@@ -44,6 +44,9 @@ DATABASE_SERVICES = ("cases", "notifications", "referrals", "identity")
 # the key the gateway signs callers with and the services check (servicekit.callers)
 CALLER_KEYS = "test:" + base64.urlsafe_b64encode(b"warmi-tests-caller-key-0123456789ab").decode().rstrip("=")
 os.environ.setdefault("CALLER_KEYS", CALLER_KEYS)
+# the key acknowledgement links of urgent notifications are signed with
+ACK_KEYS = "1:" + base64.urlsafe_b64encode(b"warmi-tests-acknowledgement-key-0123").decode().rstrip("=")
+os.environ.setdefault("ACK_KEYS", ACK_KEYS)
 
 
 _ports_given: set = set()
@@ -281,6 +284,8 @@ class Stack:
                 MAIL_FROM="Warmi <warmi@test.invalid>",
                 PUBLIC_URL="https://warmi.test.invalid",
                 EVENT_RETRY={"DELAYS": [0.2, 0.3, 0.4]},
+                ACK_KEYS=ACK_KEYS,
+                OUTBOX={"POLL_INTERVAL": 0.2, "MAX_BACKOFF": 0.5},
             )
         if name == "gateway":
             config["WEB_SERVER_ADDRESS"] = f"127.0.0.1:{self.gateway_port}"

@@ -70,11 +70,27 @@ def _init_keys() -> None:
 
     _init_audit_keys()
     _init_caller_keys()
+    _init_ack_keys()
     if os.environ.get("CASES_ENCRYPTION_KEYS"):
         return
     path = Path(os.environ.get("CASES_ENCRYPTION_KEYS_FILE") or home() / "cases.keys")
     if new_key_file(path):
         print(f"created an encryption key for case fields in {path}; keep it safe and backed up")
+
+
+def _init_ack_keys() -> None:
+    """The key that signs the acknowledgement links of urgent notifications."""
+    import base64
+    import secrets
+
+    from servicekit.config import home
+    from servicekit.keyfiles import create_key_file
+
+    if os.environ.get("ACK_KEYS"):
+        return
+    path = Path(os.environ.get("ACK_KEYS_FILE") or home() / "ack.keys")
+    if create_key_file(path, f"1:{base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip('=')}"):
+        print(f"created the key that signs acknowledgement links in {path}")
 
 
 def _init_caller_keys() -> None:
@@ -170,7 +186,7 @@ def cmd_create_user(args) -> int:
         result = create_user(
             org_code=args.org, roles=args.role, name=args.name, email=args.email, locale=args.locale,
             supervises=[c for c in (args.supervises or "").split(",") if c], phone=args.phone,
-            scope=args.scope, days=args.days,
+            scope=args.scope, days=args.days, whatsapp=args.whatsapp,
         )
     except WarmiError as err:
         return _fail(err)
@@ -504,6 +520,14 @@ def cmd_mail_sink(args) -> int:
     return 0
 
 
+def cmd_provider_sink(args) -> int:
+    from servicekit.config import home
+    from warmi.providersink import run_provider_sink
+
+    run_provider_sink(Path(args.folder) if args.folder else home() / "provider-sink", port=args.port)
+    return 0
+
+
 def cmd_dead_letters(args) -> int:
     from contracts.errors import WarmiError
     from servicekit.audit import AuditKeyError
@@ -549,6 +573,8 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--name", required=True)
     u.add_argument("--email", default=None, help="work address: notifications, and the console's login")
     u.add_argument("--phone", default=None, help="work phone in E.164 form, e.g. +51987654321")
+    u.add_argument("--whatsapp", action="store_true",
+                   help="she agreed to be written to on WhatsApp (her opt-in, recorded with its time)")
     u.add_argument("--locale", default="es", choices=["es", "en"])
     u.add_argument("--supervises", default=None, help="codes of the organisations a supervisor supervises")
     u.add_argument("--scope", default="read_write", choices=["read", "read_write"], help="what her token allows")
@@ -614,6 +640,12 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--dir", default=None)
     m.add_argument("--port", type=int, default=8025)
     m.set_defaults(fn=cmd_mail_sink)
+
+    ps = sub.add_parser("provider-sink", help="a local stand-in for the SMS, WhatsApp and webhook providers "
+                                              "that writes each message to a folder")
+    ps.add_argument("--folder", default=None, help="default: $WARMI_HOME/provider-sink")
+    ps.add_argument("--port", type=int, default=8026)
+    ps.set_defaults(fn=cmd_provider_sink)
 
     d = sub.add_parser("dead-letters", help="events that exhausted their retries, could not be handled, or found no queue")
     d.add_argument("action", choices=["list", "replay"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields
 
-from contracts.rpc import CaseViewSchema, DeliveryViewSchema
+from contracts.rpc import CaseViewSchema, DeliveryViewSchema, NoticeStepSchema
 
 
 class ErrorBodySchema(Schema):
@@ -91,6 +91,7 @@ class StatusChangeSchema(Schema):
 class NotificationStateSchema(Schema):
     status = fields.String()
     deliveries = fields.List(fields.Nested(DeliveryViewSchema))
+    history = fields.List(fields.Nested(NoticeStepSchema))
 
 
 class CaseDetailSchema(CaseViewSchema):

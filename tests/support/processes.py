@@ -33,7 +33,7 @@ _OWNED_SUFFIXES = (
 )
 _OWNED = {"AMQP_URI", "OUTBOX_AMQP_URI", "GATEWAY_ADDRESS", "SMTP_URL", "WARMI_HOME", "LOG_LEVEL",
           "CASES_SWEEP_INTERVAL_SECONDS", "CASES_DUE_SOON_HOURS", "MAIL_FROM", "WARMI_PUBLIC_URL",
-          "AUDIT_KEYS", "AUDIT_KEYS_FILE", "CALLER_KEYS", "CALLER_KEYS_FILE"}
+          "AUDIT_KEYS", "AUDIT_KEYS_FILE", "CALLER_KEYS", "CALLER_KEYS_FILE", "ACK_KEYS", "ACK_KEYS_FILE"}
 
 STOP_GRACE_SECONDS = 20.0
 TAIL_LINES = 25
@@ -213,6 +213,7 @@ class ProcessStack:
             CASES_ENCRYPTION_KEYS=encryption_key,
             AUDIT_KEYS=os.environ["AUDIT_KEYS"],  # the run's audit key (tests/conftest.py)
             CALLER_KEYS=os.environ["CALLER_KEYS"],  # the run's caller key (tests/conftest.py)
+            ACK_KEYS=os.environ["ACK_KEYS"],  # the run's acknowledgement key (tests/conftest.py)
             WARMI_HOME=str(self.workdir / "home"),
             LOG_LEVEL="INFO",
             PYTHONUNBUFFERED="1",  # a killed process leaves its last lines in the log

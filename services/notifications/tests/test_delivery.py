@@ -1,303 +1,203 @@
-"""``notify_case_opened`` on a SQLite database, with senders that record what
-they were given: two transactions per event, one send per delivery, and
-nothing sent by the copy of an event that lost the race."""
+"""The notifications service layer on a real SQLite database, with the
+default rules, a fixed clock, and senders that keep what they are given:
+who hears what on which channel, once; fallbacks; caps; quiet hours; the
+climb of an unacknowledged notice and its end on acknowledgement."""
+import base64
 import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import create_engine, delete, event, select, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import create_engine, select
 from sqlalchemy.orm import sessionmaker
 
 from services.notifications.adapters import orm
-from services.notifications.adapters.templates import Renderer
+from services.notifications.adapters.channels.base import Outgoing, PermanentRejection, Receipt, TransientFailure
+from services.notifications.domain import acks
 from services.notifications.domain.model import DeliveryFailed
+from services.notifications.domain.rules import RulesHolder
+from services.notifications.service import RULES_FILE
 from services.notifications.service_layer import handlers
-from services.notifications.service_layer.unit_of_work import CLAIM_SECONDS, EventState, UnitOfWork
+from services.notifications.service_layer.unit_of_work import UnitOfWork
 
 ORG = "00000000-0000-0000-0000-00000000000a"
-T0 = datetime(2026, 11, 20, 14, 0, tzinfo=timezone.utc)
+CASE = "00000000-0000-0000-0000-0000000000c1"
+T0 = datetime(2026, 11, 20, 15, 0, tzinfo=timezone.utc)  # 10:00 in Lima
+KEYS = acks.AckKeys.parse("1:" + base64.urlsafe_b64encode(b"k" * 32).decode())
 
 
-class Outbox:
-    """A sender that keeps what it sends; ``during`` runs inside a send, and
-    ``fail`` makes the sends fail."""
+class Sender:
+    """Keeps what it is given; ``answers`` queues exceptions to raise first."""
 
-    channel = "email"
+    def __init__(self, channel):
+        self.channel, self.sent, self.answers = channel, [], []
 
+    def send(self, address, message, *, key):
+        if self.answers:
+            raise self.answers.pop(0)
+        self.sent.append((address, message, key))
+        return Receipt("250" if self.channel == "email" else "201")
+
+    def close(self, *, polite=True):
+        pass
+
+
+class Texts:
+    def render(self, kind, channel, locale, *, fallback_locale, values):
+        return Outgoing(channel=channel, subject=f"{kind}:{locale}", text=f"{kind} {values['case_code']}",
+                        kind=kind, case_code=values["case_code"], link=values.get("ack_link"))
+
+
+class Clock:
     def __init__(self):
-        self.sent, self.fail, self.during = [], False, None
+        self.now = T0
 
-    def send(self, address, message, *, message_key):
-        if self.during:
-            during, self.during = self.during, None
-            during()
-        if self.fail:
-            raise ConnectionRefusedError()
-        self.sent.append((address, message, message_key))
+    def __call__(self):
+        return self.now
 
 
 @pytest.fixture
-def db(tmp_path):
+def world(tmp_path):
     engine = create_engine(f"sqlite:///{tmp_path}/n.db")
     orm.metadata.create_all(engine)
     sessions = sessionmaker(engine, expire_on_commit=False)
+    clock = Clock()
+    senders = {c: Sender(c) for c in ("email", "sms", "whatsapp", "webhook")}
+    env = handlers.Env(rules=RulesHolder(RULES_FILE, on_error=print), renderer=Texts(), senders=senders,
+                       ack_keys=KEYS, public_url="https://w.test", now=clock)
     with sessions() as s:
         uow = UnitOfWork(s)
-        uow.project_organization(ORG, {"timezone": "America/Lima", "language": "es", "revision": 1})
-        uow.project_member(ORG, member("p1", ["president"]))
-        uow.project_member(ORG, member("f1", ["focal_point"]))
+        uow.project_organization(ORG, {"timezone": "America/Lima", "language": "es", "revision": 1, "code": "CEC"})
+        uow.project_member(ORG, member("pres", ["president"], phone="+51900000001", whatsapp_opt_in=True))
+        uow.project_member(ORG, member("lead", ["case_lead"], phone="+51900000002"))
+        uow.project_member(ORG, member("focal", ["focal_point"], language="en"))
+        uow.project_member("00000000-0000-0000-0000-0000000000bb",
+                           member("sup", ["supervisor"], supervised_organization_ids=[ORG]))
         uow.commit()
-    yield engine, sessions
+
+    class World:
+        pass
+
+    w = World()
+    w.sessions, w.env, w.clock, w.senders = sessions, env, clock, senders
+    w.handle = lambda event: handlers.handle_event(UnitOfWork(sessions()), env, event, f"handle_{event['type']}")
+    yield w
     engine.dispose()
 
 
 def member(member_id, roles, revision=1, **changes):
-    """A member as identity's events describe her."""
     return {"member_id": member_id, "name": member_id, "email": f"{member_id}@test.invalid", "phone": None,
             "language": "es", "roles": roles, "active": True, "supervised_organization_ids": [],
             "revision": revision, **changes}
 
 
-def case_opened():
-    return {
-        "event_id": str(uuid.uuid4()), "type": "case_opened", "organization_id": ORG, "case_id": str(uuid.uuid4()),
-        "data": {"survivor_code": "CEC-2026-0001", "opened_at": T0},
-    }
+def event(kind, data, at=T0):
+    return {"event_id": str(uuid.uuid4()), "type": kind, "version": 1, "occurred_at": at,
+            "organization_id": ORG, "case_id": CASE, "data": data}
 
 
-def notify(sessions, outbox, ev, *, at=T0, uow_class=UnitOfWork, outcomes=None):
-    with sessions() as s:
-        return handlers.notify_case_opened(
-            uow_class(s), {"email": outbox}, Renderer(), ev, public_url="https://w", now=lambda: at,
-            outcome=lambda channel, result: outcomes.append(result) if outcomes is not None else None,
-        )
+def opened(world, risk=None):
+    world.handle(event("case_opened", {"survivor_code": "CEC-2026-0001", "opened_by": "focal",
+                                       "opened_at": T0, "risk_level": risk}))
+    world.handle(event("case_lead_assigned", {"case_lead_id": "lead", "assigned_by": "pres"}))
 
 
-def rows(engine):
-    with engine.connect() as conn:
-        return conn.execute(select(orm.deliveries).order_by(orm.deliveries.c.id)).all()
+def sent(world):
+    return sorted((channel, key.split(":")[1]) for channel, s in world.senders.items() for _, _, key in s.sent)
 
 
-def handled(engine):
-    with engine.connect() as conn:
-        return len(conn.execute(select(orm.processed_events)).all())
+def test_a_new_case_is_emailed_to_the_president_once_even_if_the_event_comes_again(world):
+    e = event("case_opened", {"survivor_code": "CEC-2026-0001", "opened_by": "focal", "opened_at": T0})
+    assert world.handle(e) is True
+    assert world.handle(e) is False
+    assert sent(world) == [("email", "pres")]
 
 
-def test_a_new_event_sends_once_in_two_transactions(db):
-    engine, sessions = db
-    outbox, outcomes, commits = Outbox(), [], []
-    event.listen(engine, "commit", lambda conn: commits.append(1))
-    ev = case_opened()
-
-    assert notify(sessions, outbox, ev, outcomes=outcomes) is True
-
-    assert len(commits) == 2
-    [(address, message, key)] = outbox.sent
-    assert address == "p1@test.invalid" and key == f"{ev['event_id']}:p1:email"
-    assert "09:00 (America/Lima)" in message.body and f"/console/cases/{ev['case_id']}" in message.body
-    [row] = rows(engine)
-    assert (row.status, row.attempts, row.claimed_until, row.sent_at, row.last_error) == ("sent", 1, None, T0, None)
-    assert handled(engine) == 1 and outcomes == ["sent"]
-    assert notify(sessions, outbox, ev) is False  # a repeat
-    assert len(outbox.sent) == 1
+def test_a_high_risk_case_is_critical_for_president_and_supervisor_on_whatsapp_or_sms_and_email(world):
+    opened(world, risk="high")
+    assert sent(world) == [("email", "pres"), ("email", "sup"), ("whatsapp", "pres")]
 
 
-def test_a_failed_send_is_left_for_the_next_try_which_sends_it(db):
-    engine, sessions = db
-    outbox, outcomes = Outbox(), []
-    outbox.fail = True
-    ev = case_opened()
+def test_an_overdue_step_reaches_case_lead_and_president_climbs_once_and_stops_when_acknowledged(world):
+    opened(world)
+    world.senders["email"].sent.clear()
+    world.handle(event("step_overdue", {"step_ref": "0123456789abcdef", "due_at": T0, "responsible": "case_lead"}))
+    assert sent(world) == [("email", "lead"), ("email", "pres"), ("sms", "lead"), ("whatsapp", "pres")]
+    with world.sessions() as s:
+        assert handlers.wake(UnitOfWork(s), world.env) == 0  # not yet
+    world.clock.now = T0 + timedelta(hours=4, minutes=1)
+    with world.sessions() as s:
+        assert handlers.wake(UnitOfWork(s), world.env) == 1
+        staged = s.execute(select(orm.outbox.c.body)).scalars().all()
+    assert len(staged) == 1 and '"notice_due"' in staged[0]
+    import json
+    due = json.loads(staged[0])
+    due["occurred_at"] = datetime.fromisoformat(due["occurred_at"])
+    assert handlers.handle_notice_due(UnitOfWork(world.sessions()), world.env, due, "handle_notice_due")
+    assert ("email", "sup") in sent(world)
+    # the top of the ladder: no further climb
+    world.clock.now += timedelta(hours=5)
+    with world.sessions() as s:
+        handlers.wake(UnitOfWork(s), world.env)
+        steps = s.execute(select(orm.notice_log.c.step, orm.notice_log.c.rung)).all()
+    assert steps.count(("climbed", "supervisor")) == 1
+    assert ("fallback", "president") in steps  # unacknowledged: the next channel of her chain too
+    assert sum(1 for c, who in sent(world) if who == "sup") == 1
 
+
+def test_acknowledging_stops_the_climb(world):
+    opened(world)
+    world.handle(event("step_overdue", {"step_ref": "0123456789abcdef", "due_at": T0, "responsible": "case_lead"}))
+    link = next(m for _, m, _ in world.senders["sms"].sent).link
+    token = link.rsplit("/", 1)[1]
+    with world.sessions() as s:
+        assert handlers.ack_status(UnitOfWork(s), world.env, token).state == "open"
+    with world.sessions() as s:
+        answer = handlers.acknowledge(UnitOfWork(s), world.env, token)
+    assert (answer.state, answer.case_code) == ("acknowledged", "CEC-2026-0001")
+    with world.sessions() as s:
+        assert handlers.acknowledge(UnitOfWork(s), world.env, token).state == "used"
+    world.clock.now = T0 + timedelta(hours=5)
+    with world.sessions() as s:
+        handlers.wake(UnitOfWork(s), world.env)
+        assert s.execute(select(orm.outbox.c.id)).first() is None
+    assert ("email", "sup") not in sent(world)
+
+
+def test_a_refused_whatsapp_goes_out_by_sms_and_a_failing_email_is_tried_again(world):
+    world.senders["whatsapp"].answers.append(PermanentRejection("131026"))
+    world.senders["email"].answers.append(TransientFailure("451"))
+    e = event("case_opened", {"survivor_code": "CEC-2026-0001", "opened_by": "focal", "opened_at": T0,
+                              "risk_level": "high"})
     with pytest.raises(DeliveryFailed):
-        notify(sessions, outbox, ev, outcomes=outcomes)
-    [row] = rows(engine)
-    assert (row.status, row.attempts, row.last_error, row.claimed_until) == ("failed", 1, "ConnectionRefusedError", None)
-    assert handled(engine) == 0 and outcomes == ["failed"]
-
-    outbox.fail = False
-    assert notify(sessions, outbox, ev, at=T0 + timedelta(seconds=2), outcomes=outcomes) is True
-    [row] = rows(engine)
-    assert (row.status, row.attempts, row.last_error) == ("sent", 2, None)
-    assert handled(engine) == 1 and len(outbox.sent) == 1 and outcomes == ["failed", "sent"]
+        world.handle(e)
+    assert ("sms", "pres") in sent(world) and ("whatsapp", "pres") not in sent(world)
+    assert len(sent(world)) == 2  # SMS and one of the two e-mails
+    assert world.handle(e) is True  # tried again: only the failed e-mail goes out
+    assert sent(world) == [("email", "pres"), ("email", "sup"), ("sms", "pres")]
+    assert world.handle(e) is False
 
 
-def test_a_copy_of_the_event_handled_while_the_first_sends_sends_nothing(db):
-    engine, sessions = db
-    outbox, copy_outbox = Outbox(), Outbox()
-    ev = case_opened()
-    raised = []
-
-    def the_copy():  # no transaction is open now: the copy does not wait on SQLite's lock
-        try:
-            notify(sessions, copy_outbox, dict(ev))
-        except DeliveryFailed:
-            raised.append(True)
-
-    outbox.during = the_copy
-    assert notify(sessions, outbox, ev) is True
-
-    assert raised == [True] and copy_outbox.sent == [] and len(outbox.sent) == 1
-    assert [r.status for r in rows(engine)] == ["sent"] and handled(engine) == 1
-    assert notify(sessions, copy_outbox, dict(ev)) is False
-
-
-class BlindToPlans(UnitOfWork):
-    """Sees the event as unplanned on its first look, as a copy would that
-    looked just before the other copy committed its plan."""
-
-    looked = False
-
-    def event_state(self, event_id, handler):
-        state = super().event_state(event_id, handler)
-        if not BlindToPlans.looked:
-            BlindToPlans.looked = True
-            return EventState(handled=state.handled, planned=False)
-        return state
-
-
-def test_a_copy_that_loses_the_race_to_plan_sends_nothing(db):
-    engine, sessions = db
-    outbox, copy_outbox = Outbox(), Outbox()
-    ev = case_opened()
-    raised = []
-
-    def the_copy():
-        try:
-            notify(sessions, copy_outbox, dict(ev), uow_class=BlindToPlans)
-        except DeliveryFailed:
-            raised.append(True)
-
-    outbox.during = the_copy
-    assert notify(sessions, outbox, ev) is True
-
-    assert BlindToPlans.looked and raised == [True] and copy_outbox.sent == []
-    assert [(r.status, r.attempts) for r in rows(engine)] == [("sent", 1)]
-
-
-class DatabaseGoneAfterSending(UnitOfWork):
-    def finish(self, event_id, attempts, *, now):
-        raise OperationalError("UPDATE deliveries", {}, Exception("database is away"))
-
-
-def test_outcomes_not_recorded_leave_the_delivery_claimed_until_it_expires_then_it_is_sent_again(db):
-    engine, sessions = db
-    outbox = Outbox()
-    ev = case_opened()
-
-    with pytest.raises(OperationalError):
-        notify(sessions, outbox, ev, uow_class=DatabaseGoneAfterSending)
-    [row] = rows(engine)
-    assert (row.status, row.attempts) == ("sending", 1) and handled(engine) == 0
-
-    with pytest.raises(DeliveryFailed):  # still claimed: nobody sends it
-        notify(sessions, outbox, ev, at=T0 + timedelta(seconds=CLAIM_SECONDS - 1))
-    assert len(outbox.sent) == 1
-
-    assert notify(sessions, outbox, ev, at=T0 + timedelta(seconds=CLAIM_SECONDS + 1)) is True
-    assert len(outbox.sent) == 2 and outbox.sent[0][2] == outbox.sent[1][2]  # at least once, one Message-ID
-    [row] = rows(engine)
-    assert (row.status, row.attempts) == ("sent", 2) and handled(engine) == 1
-
-
-def test_a_retry_cancels_a_delivery_whose_recipient_is_gone_and_plans_a_new_president(db):
-    engine, sessions = db
-    outbox, outcomes = Outbox(), []
-    outbox.fail = True
-    ev = case_opened()
-    with pytest.raises(DeliveryFailed):
-        notify(sessions, outbox, ev)
-    with sessions.begin() as s:
-        s.execute(delete(orm.recipients).where(orm.recipients.c.user_id == "p1"))
-        s.execute(update(orm.recipients).where(orm.recipients.c.user_id == "f1").values(roles="president"))
-
-    outbox.fail = False
-    assert notify(sessions, outbox, ev, at=T0 + timedelta(seconds=2), outcomes=outcomes) is True
-
-    assert sorted((r.recipient_id, r.status) for r in rows(engine)) == [("f1", "sent"), ("p1", "cancelled")]
-    assert [a for a, _, _ in outbox.sent] == ["f1@test.invalid"]
-    assert sorted(outcomes) == ["cancelled", "sent"]
-
-
-def test_every_president_is_told_and_one_failure_keeps_the_event_open(db):
-    engine, sessions = db
-    with sessions() as s:
+def test_quiet_hours_hold_a_normal_message_and_let_a_critical_one_through(world):
+    with world.sessions() as s:
         uow = UnitOfWork(s)
-        uow.project_member(ORG, member("p2", ["president"], language="en"))
+        uow.project_member(ORG, member("pres", ["president"], revision=2, phone="+51900000001",
+                                       quiet_hours={"start": "09:00", "end": "12:00"}))
         uow.commit()
-
-    class FailsForP2(Outbox):
-        def send(self, address, message, *, message_key):
-            if address.startswith("p2") and not self.sent_p2:
-                raise TimeoutError()
-            super().send(address, message, message_key=message_key)
-
-        sent_p2 = False
-
-    outbox = FailsForP2()
-    ev = case_opened()
-    with pytest.raises(DeliveryFailed):
-        notify(sessions, outbox, ev)
-    assert sorted((r.recipient_id, r.status) for r in rows(engine)) == [("p1", "sent"), ("p2", "failed")]
-
-    outbox.sent_p2 = True
-    assert notify(sessions, outbox, ev, at=T0 + timedelta(seconds=2)) is True
-    assert [a for a, _, _ in outbox.sent] == ["p1@test.invalid", "p2@test.invalid"]  # p1 not again
-    assert "New case" in outbox.sent[1][1].subject  # in her language
-    assert handled(engine) == 1
+    opened(world)  # 10:00 in Lima: quiet
+    assert sent(world) == []
+    world.clock.now = T0 + timedelta(hours=2, minutes=1)
+    with world.sessions() as s:
+        assert handlers.wake(UnitOfWork(s), world.env) == 1
 
 
-def test_an_organisation_without_a_president_is_handled_at_once(db):
-    engine, sessions = db
-    with sessions.begin() as s:
-        s.execute(delete(orm.recipients).where(orm.recipients.c.roles.contains("president")))
-    outbox = Outbox()
-    assert notify(sessions, outbox, case_opened()) is True
-    assert outbox.sent == [] and rows(engine) == [] and handled(engine) == 1
-
-
-def test_a_text_that_cannot_be_rendered_fails_the_delivery_and_is_recorded(db):
-    engine, sessions = db
-    with sessions() as s:
-        uow = UnitOfWork(s)
-        uow.project_organization(ORG, {"timezone": "Nowhere/Atlantis", "language": "es", "revision": 2})
-        uow.commit()
-    outbox = Outbox()
-
-    with pytest.raises(DeliveryFailed):
-        notify(sessions, outbox, case_opened())
-
-    [row] = rows(engine)
-    assert (row.status, row.last_error, row.claimed_until) == ("failed", "ZoneInfoNotFoundError", None)
-    assert outbox.sent == []
-
-
-def test_a_president_who_also_leads_cases_hears_of_every_new_case(db):
-    engine, sessions = db
-    with sessions() as s:
-        uow = UnitOfWork(s)
-        uow.project_member(ORG, member("p1", ["focal_point"], revision=2))
-        uow.project_member(ORG, member("l1", ["case_lead", "president"]))
-        uow.project_member(ORG, member("x1", ["president"], email=None))  # no address: cannot be e-mailed
-        uow.commit()
-    outbox = Outbox()
-    assert notify(sessions, outbox, case_opened()) is True
-    assert [address for address, _, _ in outbox.sent] == ["l1@test.invalid"]
-    assert [(r.recipient_id, r.recipient_role) for r in rows(engine)] == [("l1", "president")]
-
-
-def test_an_older_or_repeated_member_event_changes_nothing(db):
-    engine, sessions = db
-    with sessions() as s:
-        uow = UnitOfWork(s)
-        assert uow.project_member(ORG, member("p1", ["president", "supervisor"], revision=3,
-                                              supervised_organization_ids=["org-b"])) is True
-        assert uow.project_member(ORG, member("p1", ["focal_point"], revision=2)) is False
-        assert uow.project_member(ORG, member("p1", ["focal_point"], revision=3)) is False
-        uow.commit()
-        row = s.execute(select(orm.recipients).where(orm.recipients.c.user_id == "p1")).one()
-        assert (row.roles, row.revision) == ("president,supervisor", 3)
-        assert [r.user_id for r in uow.supervisors_of("org-b")] == ["p1"]
-        uow.project_member(ORG, member("p1", ["president"], revision=4, active=False))
-        uow.commit()
-        assert uow.supervisors_of("org-b") == [] and uow.recipient("p1") is None
+def test_over_the_cap_an_urgent_sms_falls_back_to_email(world):
+    with world.sessions() as s:
+        s.execute(orm.spending.insert().values(organization_id=ORG, month="2026-11", channel="sms", count=300))
+        s.commit()
+    opened(world)
+    world.senders["email"].sent.clear()
+    world.handle(event("step_overdue", {"step_ref": "0123456789abcdef", "due_at": T0, "responsible": "case_lead"}))
+    assert ("sms", "lead") not in sent(world)
+    assert ("email", "lead") in sent(world)
+    with world.sessions() as s:
+        assert ("capped", "sms") in s.execute(select(orm.notice_log.c.step, orm.notice_log.c.channel)).all()
