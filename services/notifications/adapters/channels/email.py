@@ -4,11 +4,19 @@ smtps:// for TLS from the first byte; ``?starttls=1`` upgrades a plain one.
 What holds:
 
 - **One message, built once, sent as bytes.** ``build_message`` writes the
-  headers and the quoted-printable body itself (no ``EmailMessage``, no
-  re-parsing by ``send_message``). Its ``Message-ID`` is derived from the
-  delivery's key, so a repeat of one delivery carries the same id and a
-  receiving system can drop it. A sender, address or subject holding a line
-  break is refused (``ValueError``): no header can be injected.
+  headers and the quoted-printable parts itself (no ``EmailMessage``, no
+  re-parsing by ``send_message``): text/plain alone, or, when the message has
+  an HTML part, multipart/alternative with text/plain first and text/html
+  second (a reader shows the last part it can). Its ``Message-ID`` is derived
+  from the delivery's key, so a repeat of one delivery carries the same id and
+  a receiving system can drop it. A sender, address or subject holding a line
+  break is refused (``ValueError`` when building, ``PermanentRejection`` from
+  ``send``): no header can be injected.
+- **Two kinds of failure** (``base``). The server refused the recipient or
+  the message for good (5xx): ``PermanentRejection`` with the SMTP code. It
+  refused for now (4xx), refused the sender (the installation's to fix), or
+  the connection failed or timed out: ``TransientFailure`` with the SMTP code
+  or the exception's class name.
 - **Connections are reused.** The workers of a container share one sender and
   its ``ConnectionPool``: a send takes an open connection (or opens one),
   sends, and gives it back. STARTTLS, TLS and login happen once per
@@ -36,7 +44,7 @@ from email.utils import formataddr, formatdate, parseaddr
 from typing import Callable
 from urllib.parse import parse_qs, unquote, urlparse
 
-from services.notifications.domain.model import Message
+from services.notifications.adapters.channels.base import Outgoing, PermanentRejection, Receipt, TransientFailure
 
 SMTP_TIMEOUT = 10.0
 QUIT_TIMEOUT = 1.0
@@ -46,38 +54,67 @@ MAX_LINE = 998  # bytes of a line, without CRLF (RFC 5322)
 
 # -- the message ----------------------------------------------------------------
 
-def message_id(message_key: str) -> str:
+def message_id(key: str) -> str:
     """Stable per delivery, so a receiving system can drop a rare repeat."""
-    return f"<{uuid.uuid5(uuid.NAMESPACE_URL, message_key)}@warmi>"
+    return f"<{uuid.uuid5(uuid.NAMESPACE_URL, key)}@warmi>"
 
 
-def build_message(from_header: str, to: str, message: Message, *, message_key: str, date: str | None = None) -> bytes:
-    """The whole message, CRLF line ends, ready for ``sendmail``: a UTF-8
-    text/plain body, quoted-printable unless it is short-lined ASCII, and a
-    subject encoded per RFC 2047 when it is not plain ASCII. Raises
-    ``ValueError`` when a header value holds CR or LF."""
+def build_message(from_header: str, to: str, message: Outgoing, *, key: str, date: str | None = None) -> bytes:
+    """The whole message, CRLF line ends, ready for ``sendmail``: UTF-8
+    parts, each quoted-printable unless it is short-lined ASCII, and a
+    subject encoded per RFC 2047 when it is not plain ASCII. One text/plain
+    part, or multipart/alternative (text/plain, then text/html) when
+    ``message.html`` is set. Raises ``LineBreak`` (a ``ValueError``) when a
+    header value holds CR or LF."""
     for name, value in (("sender", from_header), ("address", to), ("subject", message.subject)):
         refuse_line_breaks(name, value)
-    body, transfer_encoding = encode_body(message.body)
     head = (
         f"From: {from_header}\r\n"
         f"To: {to}\r\n"
         f"Subject: {encode_subject(message.subject)}\r\n"
         f"Date: {date or formatdate(localtime=False)}\r\n"
-        f"Message-ID: {message_id(message_key)}\r\n"
+        f"Message-ID: {message_id(key)}\r\n"
         "MIME-Version: 1.0\r\n"
-        'Content-Type: text/plain; charset="utf-8"\r\n'
+    ).encode("utf-8")
+    if message.html is None:
+        return head + part("plain", message.text)
+    parts = [part("plain", message.text), part("html", message.html)]
+    boundary = f"=_warmi_{uuid.uuid4().hex}"
+    while any(boundary.encode() in p for p in parts):  # a 7bit part could hold anything ("=_" is not quoted-printable)
+        boundary = f"=_warmi_{uuid.uuid4().hex}"
+    delimiter = f"--{boundary}\r\n".encode()
+    return (
+        head
+        + f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode()
+        + b"".join(delimiter + p + b"\r\n" for p in parts)
+        + f"--{boundary}--\r\n".encode()
+    )
+
+
+def part(subtype: str, content: str) -> bytes:
+    """A text/``subtype`` entity: its two content headers, a blank line and
+    the encoded content."""
+    data, transfer_encoding = encode_body(content)
+    return (
+        f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
         f"Content-Transfer-Encoding: {transfer_encoding}\r\n"
         "\r\n"
-    )
-    return head.encode("utf-8") + body
+    ).encode() + data
+
+
+class LineBreak(ValueError):
+    """A header value held a line break; ``field`` names which."""
+
+    def __init__(self, field: str):
+        super().__init__(f"the {field} of an e-mail may not hold a line break")
+        self.field = field
 
 
 def refuse_line_breaks(name: str, value: str) -> None:
     """A header value must stay on its line. The message names the field
     only: a subject carries a survivor code, which no log may show."""
     if "\r" in value or "\n" in value:
-        raise ValueError(f"the {name} of an e-mail may not hold a line break")
+        raise LineBreak(name)
 
 
 def encode_subject(subject: str) -> str:
@@ -240,10 +277,22 @@ class EmailSender:
         self.from_header = formataddr((name, address), charset="utf-8")
         self.pool = ConnectionPool(pool_size, idle_seconds)
 
-    def send(self, address: str, message: Message, *, message_key: str) -> None:
-        """Hand one message to the SMTP server. Raise on any failure; the
-        caller decides about retrying. Returns once the server accepted it."""
-        data = build_message(self.from_header, address, message, message_key=message_key)
+    def send(self, address: str, message: Outgoing, *, key: str) -> Receipt:
+        """Hand one message to the SMTP server; returns once the server
+        accepted it. Raises ``PermanentRejection`` or ``TransientFailure``
+        (see the module's docstring), with a code and no cause attached: an
+        SMTP error's text repeats the address."""
+        try:
+            data = build_message(self.from_header, address, message, key=key)
+        except LineBreak as refused:
+            raise PermanentRejection("bad-address" if refused.field == "address" else "bad-header") from None
+        try:
+            self._send(address, data)
+        except Exception as exc:
+            raise failure(exc) from None
+        return Receipt("250")
+
+    def _send(self, address: str, data: bytes) -> None:
         connection = self.pool.take()
         if connection is not None:
             try:
@@ -293,3 +342,21 @@ class EmailSender:
                 raise _ServerHungUp() from exc
             raise
         self.pool.give_back(connection)
+
+
+def failure(exc: Exception) -> PermanentRejection | TransientFailure:
+    """What a failed send means for the delivery. A 5xx refusal of the
+    recipient (RCPT) or of the message (DATA) is final, and so is a server
+    without SMTPUTF8 for a non-ASCII address. Anything else may pass later:
+    a 4xx, a refused sender or login (the installation's to fix), a
+    connection refused, lost or timed out."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        code = min(code for code, _ in exc.recipients.values())  # one recipient a message
+        return (PermanentRejection if 500 <= code < 600 else TransientFailure)(str(code))
+    if isinstance(exc, smtplib.SMTPDataError):
+        return (PermanentRejection if 500 <= exc.smtp_code < 600 else TransientFailure)(str(exc.smtp_code))
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        return PermanentRejection("no-smtputf8")
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return TransientFailure(str(exc.smtp_code))
+    return TransientFailure(type(exc).__name__)
