@@ -101,10 +101,10 @@ def create_organization(
 
 def create_user(*, org_code: str, roles: list[str], name: str, email: str | None, locale: str,
                 supervises: list[str], phone: str | None = None, scope: str = "read_write",
-                days: float | None = None) -> dict:
+                days: float | None = None, whatsapp: bool = False) -> dict:
     """A person of an organisation with a fresh token. Notifications learn of
-    her (every role, her contact points, her supervisions) from identity's
-    events."""
+    her (every role, her contact points, her supervisions, her WhatsApp
+    opt-in: ``whatsapp``, given to the operator) from identity's events."""
     from contracts.errors import InvalidInput
     from services.identity.adapters import audit
     from services.identity.service_layer import handlers as identity
@@ -115,11 +115,14 @@ def create_user(*, org_code: str, roles: list[str], name: str, email: str | None
             raise InvalidInput("unknown organisation", {"org": ["no organisation with this code"]})
         user_id = identity.add_member(
             session, organization_id=organization_id, name=name, roles=roles, language=locale, email=email,
-            phone=phone, supervises=list(supervises),
+            phone=phone, supervises=list(supervises), whatsapp_opt_in=whatsapp,
         )
         token_id, token, expires_at = identity.issue_token(session, user_id, scope=scope, days=days)
         audit.record(session, "member_added", organization_id=organization_id, member_id=user_id,
                      detail="roles=" + ",".join(sorted(set(roles))))
+        if whatsapp:
+            audit.record(session, "notification_settings_changed", organization_id=organization_id,
+                         member_id=user_id, detail="changed=whatsapp_opt_in")
         audit.record(session, "token_issued", organization_id=organization_id, member_id=user_id, token_id=token_id,
                      detail=f"scope={scope}")
         session.commit()

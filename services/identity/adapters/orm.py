@@ -1,6 +1,6 @@
 """Identity's tables: organisations, people and their roles, supervisions,
 API tokens, login throttling, and the outbox of identity events."""
-from sqlalchemy import Boolean, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import Boolean, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text, false
 
 from servicekit.audit import audit_tables
 from servicekit.outbox import outbox_table
@@ -46,6 +46,14 @@ people = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("deactivated_at", UtcDateTime(), nullable=True),
+    # her notification settings (domain.model.NotificationSettings)
+    Column("whatsapp_opt_in", Boolean, nullable=False, server_default=false()),
+    Column("whatsapp_opted_in_at", UtcDateTime(), nullable=True),  # when she gave it; never in an event
+    Column("quiet_hours_start", String(5), nullable=True),  # "HH:MM", the organisation's time zone
+    Column("quiet_hours_end", String(5), nullable=True),
+    Column("digest_weekday", Integer, nullable=True),  # 0 = Monday; null: the rules' default
+    Column("digest_hour", Integer, nullable=True),
+    Column("preferences", Text, nullable=False, server_default="{}"),  # JSON: {kind: [channel, ...]}
 )
 
 # a supervisor (often of a partner NGO) supervises several organisations

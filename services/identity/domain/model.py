@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from contracts.identity_events import CLOCK, NOTIFICATION_KINDS, PERSONAL_CHANNELS
 from contracts.rpc import ROLES
 
 ORG_CODE = re.compile(r"[A-Z]{2,6}\Z")
@@ -100,6 +101,82 @@ def roles_text(roles) -> str:
 
 def roles_of(text: str) -> tuple[str, ...]:
     return tuple(r for r in (text or "").split(",") if r)
+
+
+@dataclass(frozen=True)
+class NotificationSettings:
+    """A person's notification settings, each one valid (``settings`` makes
+    them): WhatsApp only with her opt-in, a quiet window of two different
+    times of day (it may run over midnight), a digest's weekday (0 = Monday)
+    and hour, and per notification kind the channels it reaches her on."""
+
+    whatsapp_opt_in: bool = False
+    quiet_hours: tuple[str, str] | None = None  # (start, end), "HH:MM" in the organisation's time zone
+    digest: tuple[int, int] | None = None  # (weekday, hour); None: the rules' default
+    preferences: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (kind, channels), by kind
+
+    def as_data(self) -> dict:
+        """The settings as events and the API carry them."""
+        return {
+            "whatsapp_opt_in": self.whatsapp_opt_in,
+            "quiet_hours": None if self.quiet_hours is None else dict(zip(("start", "end"), self.quiet_hours)),
+            "digest": None if self.digest is None else dict(zip(("weekday", "hour"), self.digest)),
+            "preferences": {kind: list(channels) for kind, channels in self.preferences},
+        }
+
+    def changed_from(self, before: NotificationSettings) -> list[str]:
+        """The names of the settings that differ from ``before``."""
+        return [name for name in ("whatsapp_opt_in", "quiet_hours", "digest", "preferences")
+                if getattr(self, name) != getattr(before, name)]
+
+
+def _clock(value) -> bool:
+    return isinstance(value, str) and re.match(CLOCK, value) is not None
+
+
+def _count(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def settings(*, whatsapp_opt_in, quiet_hours, digest, preferences) -> NotificationSettings:
+    """The settings from their API shape (see ``NotificationSettings.as_data``),
+    or ``Invalid`` naming every setting that breaks a rule."""
+    errors: dict = {}
+    _check(errors, "whatsapp_opt_in", isinstance(whatsapp_opt_in, bool), "true or false")
+    window = None
+    if quiet_hours is not None:
+        ok = isinstance(quiet_hours, dict) and set(quiet_hours) == {"start", "end"} \
+            and _clock(quiet_hours["start"]) and _clock(quiet_hours["end"])
+        _check(errors, "quiet_hours", ok, 'null or {"start": "HH:MM", "end": "HH:MM"}')
+        if ok:
+            window = (quiet_hours["start"], quiet_hours["end"])
+            _check(errors, "quiet_hours", window[0] != window[1], "start and end differ (22:00 to 06:00 runs "
+                   "over midnight)")
+    weekly = None
+    if digest is not None:
+        ok = isinstance(digest, dict) and set(digest) == {"weekday", "hour"} \
+            and _count(digest["weekday"], 0, 6) and _count(digest["hour"], 0, 23)
+        _check(errors, "digest", ok, 'null or {"weekday": 0 to 6 (0 = Monday), "hour": 0 to 23}')
+        weekly = (digest["weekday"], digest["hour"]) if ok else None
+    chosen: list = []
+    if not isinstance(preferences, dict):
+        _check(errors, "preferences", False, "an object of notification kinds and their channels")
+    else:
+        for kind, channels in preferences.items():
+            if kind not in NOTIFICATION_KINDS:
+                _check(errors, "preferences", False,
+                       f"{kind!s:.40}: not a kind; one of {', '.join(NOTIFICATION_KINDS)}")
+            elif not isinstance(channels, (list, tuple)) or any(c not in PERSONAL_CHANNELS for c in channels):
+                _check(errors, "preferences", False, f"{kind}: a list of {', '.join(PERSONAL_CHANNELS)}")
+            elif len(set(channels)) != len(channels):
+                _check(errors, "preferences", False, f"{kind}: each channel at most once")
+            elif "whatsapp" in channels and whatsapp_opt_in is not True:
+                _check(errors, "preferences", False, f"{kind}: whatsapp needs whatsapp_opt_in")
+            else:
+                chosen.append((kind, tuple(channels)))
+    if errors:
+        raise Invalid(errors)
+    return NotificationSettings(whatsapp_opt_in, window, weekly, tuple(sorted(chosen)))
 
 
 @dataclass(frozen=True)

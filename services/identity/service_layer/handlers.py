@@ -4,6 +4,7 @@ transaction: the caller commits (or rolls back) both at once."""
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import uuid
 from datetime import datetime, timezone
@@ -20,7 +21,7 @@ from contracts.events import build_event
 from servicekit import outbox
 from services.identity.adapters import orm
 from services.identity.domain import model
-from services.identity.domain.model import Invalid, Principal, ThrottlePolicy, TokenPolicy
+from services.identity.domain.model import Invalid, NotificationSettings, Principal, ThrottlePolicy, TokenPolicy
 
 TOKEN_PREFIX = "wmi_"
 _hasher = PasswordHasher()  # argon2id, the library's recommended parameters
@@ -126,12 +127,14 @@ def _stage_organization(session: Session, type_: str, organization_id: str, now:
 
 def add_member(session: Session, *, organization_id: str, name: str, roles: list[str], language: str,
                email: str | None = None, phone: str | None = None, supervises: list[str] = (),
-               now: datetime | None = None) -> str:
+               whatsapp_opt_in: bool = False, now: datetime | None = None) -> str:
     """A person of an organisation. ``supervises``: codes of organisations
-    she supervises (she needs the supervisor role)."""
+    she supervises (she needs the supervisor role); ``whatsapp_opt_in``: she
+    agreed to be written to on WhatsApp."""
     email = model.normalise_email(email)
     try:
         model.check_person(name=name, email=email, phone=phone, language=language, roles=roles)
+        initial = model.settings(whatsapp_opt_in=whatsapp_opt_in, quiet_hours=None, digest=None, preferences={})
     except Invalid as err:
         raise _invalid(err, "the person is not valid") from None
     if not organization_exists(session, organization_id):
@@ -146,6 +149,7 @@ def add_member(session: Session, *, organization_id: str, name: str, roles: list
     session.execute(insert(orm.people).values(
         id=member_id, organization_id=organization_id, name=name.strip(), email=email, phone=phone,
         language=language, roles=model.roles_text(roles), active=True, revision=1, created_at=now, updated_at=now,
+        whatsapp_opt_in=initial.whatsapp_opt_in, whatsapp_opted_in_at=now if initial.whatsapp_opt_in else None,
     ))
     for supervised_id in supervised:
         session.execute(insert(orm.supervisions).values(person_id=member_id, organization_id=supervised_id))
@@ -220,6 +224,59 @@ def end_supervision(session: Session, member_id: str, organization_code: str, no
     _stage_member(session, "supervision_ended", member_id, now)
 
 
+def set_notification_settings(session: Session, member_id: str, *, whatsapp_opt_in, quiet_hours, digest,
+                              preferences, now: datetime | None = None) -> list[str]:
+    """Replaces her notification settings (shapes as in ``notification_settings``)
+    and returns the names of those that changed. Nothing changed: nothing is
+    written and no event goes out. The opt-in's time is when she last gave it;
+    withdrawn, it is cleared."""
+    try:
+        wanted = model.settings(whatsapp_opt_in=whatsapp_opt_in, quiet_hours=quiet_hours, digest=digest,
+                                preferences=preferences)
+    except Invalid as err:
+        raise _invalid(err, "the notification settings are not valid") from None
+    person = _person(session, member_id)
+    changed = wanted.changed_from(_settings(person))
+    if not changed:
+        return []
+    now = now or utcnow()
+    if not wanted.whatsapp_opt_in:
+        opted_in_at = None
+    elif person.whatsapp_opt_in:
+        opted_in_at = person.whatsapp_opted_in_at  # given before: it stands from then
+    else:
+        opted_in_at = now
+    start, end = wanted.quiet_hours or (None, None)
+    weekday, hour = wanted.digest or (None, None)
+    _bump(session, member_id, now, whatsapp_opt_in=wanted.whatsapp_opt_in, whatsapp_opted_in_at=opted_in_at,
+          quiet_hours_start=start, quiet_hours_end=end, digest_weekday=weekday, digest_hour=hour,
+          preferences=json.dumps(wanted.as_data()["preferences"], sort_keys=True))
+    _stage_member(session, "member_changed", member_id, now)
+    return changed
+
+
+def notification_settings(session: Session | Connection, member_id: str) -> dict:
+    """Her settings as the API shows them to her: those of her events, when
+    she gave her WhatsApp opt-in, her organisation's time zone (of the quiet
+    hours and the digest) and her revision."""
+    person = _person(session, member_id)
+    zone = session.execute(select(orm.organizations.c.timezone)
+                           .where(orm.organizations.c.id == person.organization_id)).scalar()
+    return {**_settings(person).as_data(), "whatsapp_opted_in_at": person.whatsapp_opted_in_at, "timezone": zone,
+            "revision": person.revision}
+
+
+def _settings(person) -> NotificationSettings:
+    """The settings of a row of ``people``, as stored (valid when written)."""
+    return NotificationSettings(
+        whatsapp_opt_in=bool(person.whatsapp_opt_in),
+        quiet_hours=None if person.quiet_hours_start is None else (person.quiet_hours_start, person.quiet_hours_end),
+        digest=None if person.digest_weekday is None else (person.digest_weekday, person.digest_hour),
+        preferences=tuple(sorted((kind, tuple(channels))
+                                 for kind, channels in json.loads(person.preferences).items())),
+    )
+
+
 def deactivate_member(session: Session, member_id: str, now: datetime | None = None) -> int:
     """She can no longer sign in, and every token she holds stops working at
     its next request. Returns how many tokens were revoked."""
@@ -249,6 +306,7 @@ def member_state(session: Session, member_id: str) -> tuple[str, dict]:
         "member_id": person.id, "name": person.name, "email": person.email, "phone": person.phone,
         "language": person.language, "roles": list(model.roles_of(person.roles)), "active": bool(person.active),
         "supervised_organization_ids": list(supervised), "revision": person.revision,
+        **_settings(person).as_data(),
     }
 
 

@@ -1,16 +1,20 @@
 """What identity answers over the HTTP API, for the gateway that hosts it:
 who am I, a login for the console, the organisation's people (an admin adds,
-edits, sets roles and deactivates them; a president reads them), and one's
-own tokens. Every function checks the principal itself (the gateway's route
-table is the first check, this the second), works in the caller's session,
-records what it changed in identity's audit trail and commits.
+edits, sets roles and deactivates them; a president reads them), one's own
+tokens, and one's own notification settings. Every function checks the
+principal itself (the gateway's route table is the first check, this the
+second), works in the caller's session, records what it changed in
+identity's audit trail and commits.
 
 An admin manages the people of her own organisation and never sees a case.
 She cannot issue a token for someone else (that would let her act as them):
-a person issues her own tokens, and deactivating her revokes them all.
+a person issues her own tokens, and deactivating her revokes them all. Nor
+does she set anyone's notification settings: the WhatsApp opt-in is the
+person's own consent, and so are her quiet hours and channels.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
@@ -18,7 +22,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from contracts.errors import Forbidden, InvalidInput, NotFound, Stale
-from contracts.fields import StrictInteger, StrictList, StrictString
+from contracts.fields import StrictBoolean, StrictInteger, StrictList, StrictString
+from contracts.identity_events import CLOCK, NOTIFICATION_KINDS, PERSONAL_CHANNELS
 from contracts.rpc import ROLES
 from services.identity.adapters import audit, orm
 from services.identity.domain import model
@@ -61,6 +66,49 @@ class NewTokenSchema(_Strict):
     scope = StrictString(load_default="read_write", validate=validate.OneOf(model.SCOPES))
     days = StrictInteger(load_default=None, allow_none=True, validate=validate.Range(min=1, max=366))
     label = StrictString(load_default="api", validate=validate.Length(min=1, max=100))
+
+
+class QuietHoursSchema(_Strict):
+    start = StrictString(required=True, validate=validate.Regexp(CLOCK, error="A time of day, HH:MM."))
+    end = StrictString(required=True, validate=validate.Regexp(CLOCK, error="A time of day, HH:MM."))
+
+
+class DigestScheduleSchema(_Strict):
+    weekday = StrictInteger(required=True, validate=validate.Range(min=0, max=6),
+                            metadata={"description": "0 = Monday"})
+    hour = StrictInteger(required=True, validate=validate.Range(min=0, max=23))
+
+
+# per notification kind, the channels it reaches her on: one optional field a kind
+ChannelPreferencesSchema = _Strict.from_dict({
+    kind: StrictList(StrictString(validate=validate.OneOf(PERSONAL_CHANNELS)), max_items=len(PERSONAL_CHANNELS))
+    for kind in NOTIFICATION_KINDS
+}, name="ChannelPreferencesSchema")
+
+
+class NotificationSettingsSchema(_Strict):
+    """Every setting, each time: what is sent replaces what there was."""
+
+    whatsapp_opt_in = StrictBoolean(required=True, metadata={
+        "description": "you agree to be written to on WhatsApp"})
+    quiet_hours = fields.Nested(QuietHoursSchema, required=True, allow_none=True, metadata={
+        "description": "in your organisation's time zone, only critical messages reach you (start and end "
+                       "differ; 21:00 to 07:00 runs over midnight); null: none"})
+    digest = fields.Nested(DigestScheduleSchema, required=True, allow_none=True, metadata={
+        "description": "when your digest comes; null: your organisation's default"})
+    preferences = fields.Nested(ChannelPreferencesSchema, required=True, metadata={
+        "description": "per kind, the channels it reaches you on (an empty list: none unless critical; whatsapp "
+                       "needs the opt-in); a kind not named: the rules decide"})
+
+
+class NotificationSettingsViewSchema(Schema):
+    whatsapp_opt_in = fields.Boolean()
+    whatsapp_opted_in_at = fields.AwareDateTime(allow_none=True)
+    quiet_hours = fields.Nested(QuietHoursSchema, allow_none=True)
+    digest = fields.Nested(DigestScheduleSchema, allow_none=True)
+    preferences = fields.Nested(ChannelPreferencesSchema)
+    timezone = fields.String(metadata={"description": "your organisation's, of the quiet hours and the digest"})
+    revision = fields.Integer()
 
 
 class PersonViewSchema(Schema):
@@ -120,6 +168,7 @@ def _load(schema: Schema, data, partial: bool = False) -> dict:
 
 _LOGIN, _NEW, _CHANGE, _ROLES, _TOKEN = LoginSchema(), NewPersonSchema(), PersonChangeSchema(), RolesSchema(), \
     NewTokenSchema()
+_SETTINGS = NotificationSettingsSchema()
 
 
 def _view(session: Session, member_id: str) -> dict:
@@ -237,10 +286,12 @@ def deactivate(session: Session, principal: Principal, member_id: str, expected:
     return _commit_if_unchanged_meanwhile(session, member_id, expected)
 
 
-def _commit_if_unchanged_meanwhile(session: Session, member_id: str, expected: int) -> dict:
+def _commit_if_unchanged_meanwhile(session: Session, member_id: str, expected: int,
+                                   read: Callable[[Session, str], dict] | None = None) -> dict:
     """Each change bumps the revision by one; anything else means another
-    edit got in between the check and the change: nothing is kept."""
-    view = _view(session, member_id)
+    edit got in between the check and the change: nothing is kept. Answers
+    what ``read`` (the person's view by default) makes of her."""
+    view = (read or _view)(session, member_id)
     if view["revision"] != expected + 1:
         session.rollback()
         current = _view(session, member_id)
@@ -288,3 +339,25 @@ def revoke_my_token(session: Session, principal: Principal, token_id: str) -> di
     session.commit()
     (revoked,) = _tokens(session, principal, token_id)
     return revoked
+
+
+# -- one's own notification settings ----------------------------------------------------
+
+def my_notification_settings(session: Session, principal: Principal) -> dict:
+    return handlers.notification_settings(session, principal.user_id)
+
+
+def set_my_notification_settings(session: Session, principal: Principal, body, expected: int) -> dict:
+    """All her settings at once, on the revision she read. The same settings
+    again change nothing: the revision stays, nothing is audited."""
+    if principal.scope != "read_write":
+        raise Forbidden("this token may only read")
+    data = _load(_SETTINGS, body)
+    current = handlers.notification_settings(session, principal.user_id)
+    _check_revision(current, expected)
+    changed = handlers.set_notification_settings(session, principal.user_id, **data)
+    if not changed:
+        return current
+    audit.record(session, "notification_settings_changed", actor=principal.user_id, member_id=principal.user_id,
+                 detail="changed=" + ",".join(changed))
+    return _commit_if_unchanged_meanwhile(session, principal.user_id, expected, handlers.notification_settings)
