@@ -20,6 +20,7 @@ from contracts.envelope import EnvelopeSchema, new_event_id, utcnow
 
 PURPOSES = ("case_management", "referral", "aggregate_reporting")
 ROLES = ("focal_point", "case_lead", "president", "supervisor")
+RISK_LEVELS = ("low", "medium", "high")
 # why a closed case was reopened: a code, never the words of whoever reopened it
 REOPEN_REASONS = ("new_incident", "survivor_request", "safety_concern", "plan_incomplete", "other")
 # what part of a case changed: groups, not field names (a change of "minor"
@@ -39,6 +40,10 @@ class CaseOpenedData(_Data):
     survivor_code = fields.String(required=True)
     opened_by = fields.UUID(required=True)
     opened_at = fields.AwareDateTime(required=True)
+    # the case's risk level as it was opened (null: not assessed; an
+    # assessment after opening is a risk_changed); events staged before the
+    # field existed load with null
+    risk_level = fields.String(allow_none=True, load_default=None, validate=validate.OneOf(RISK_LEVELS))
 
 
 class CaseUpdatedData(_Data):
@@ -52,8 +57,16 @@ class CaseClassifiedData(_Data):
 
 
 class RiskChangedData(_Data):
-    risk_level = fields.String(required=True, validate=validate.OneOf(["low", "medium", "high"]))
+    risk_level = fields.String(required=True, validate=validate.OneOf(RISK_LEVELS))
     changed_by = fields.UUID(required=True)
+
+
+class CaseLeadAssignedData(_Data):
+    """The case's lead changed: who leads it now (null: nobody, as when the
+    lead was excluded from the case) and who decided it."""
+
+    case_lead_id = fields.UUID(required=True, allow_none=True)
+    assigned_by = fields.UUID(required=True)
 
 
 class ConsentRecordedData(_Data):
@@ -148,12 +161,15 @@ def _event(name: str, schema: type[Schema], data: dict, consumers: tuple[str, ..
 CATALOGUE: dict[str, EventType] = {
     e.name: e
     for e in (
-        _event("case_opened", CaseOpenedData, {"survivor_code": "CEC-2026-0001", "opened_by": _USER, "opened_at": _AT}),
+        _event("case_opened", CaseOpenedData, {"survivor_code": "CEC-2026-0001", "opened_by": _USER, "opened_at": _AT,
+                                               "risk_level": None}),
         # version 2: change groups instead of field names; no step ids, no
         # list of cancelled steps, step references and one role; reopening codes
         _event("case_updated", CaseUpdatedData, {"changed": ["incident"]}, version=2),
         _event("case_classified", CaseClassifiedData, {"classified_by": _USER}),
         _event("risk_changed", RiskChangedData, {"risk_level": "high", "changed_by": _USER}),
+        _event("case_lead_assigned", CaseLeadAssignedData, {
+            "case_lead_id": "b7e4d2a9-1c6f-4a38-8e5b-0f9c3d7a2e61", "assigned_by": _USER}),
         _event("consent_recorded", ConsentRecordedData, {
             "consent_id": "d1c8e0a4-2b7f-4e5a-9c3d-6f1b2a8e7c90", "purpose": "referral",
             "provider_id": "e4b2c9d1-8a3f-4b6e-a1c7-5d9f0e2b3a84", "recorded_by": _USER},

@@ -194,6 +194,41 @@ def test_a_high_risk_case_closes_only_with_supervisor_approval_and_reopening_is_
     assert step(detail, "R9")["status"] == "open"
 
 
+def staged(engines, event_type: str) -> list[dict]:
+    """The data of the events of ``event_type`` in the cases outbox, in the order staged."""
+    with engines["cases"].connect() as conn:
+        bodies = conn.execute(text("SELECT body FROM outbox WHERE routing_key = :type ORDER BY id"),
+                              {"type": event_type}).scalars().all()
+    return [json.loads(body)["data"] for body in bodies]
+
+
+def test_every_change_of_case_lead_is_staged_with_who_leads_now_and_who_decided(team, backend_engines):
+    stack, org, people = team
+    president = stack.user_id(people["president"])
+    first = stack.user_id(people["case_lead"])
+    second = stack.user_id(stack.user("CEC", "case_lead")["token"])
+    case = open_case(stack, people)
+    # opening cannot assess the risk: the case opens without a level
+    assert [data["risk_level"] for data in staged(backend_engines, "case_opened")] == [None]
+    url = f"/cases/{case['id']}"
+
+    assigned = edit(stack, "POST", f"{url}/case-lead", people["president"], {"case_lead_id": first})
+    again = edit(stack, "POST", f"{url}/case-lead", people["president"], {"case_lead_id": first})
+    reassigned = edit(stack, "POST", f"{url}/case-lead", people["president"], {"case_lead_id": second})
+    excluded = edit(stack, "POST", f"{url}/exclusions", people["president"], {"user_id": second})
+
+    assert [r.status_code for r in (assigned, again, reassigned, excluded)] == [200] * 4, excluded.text
+    assert again.json()["version"] == assigned.json()["version"]  # the same lead again changes nothing
+    assert excluded.json()["case_lead_id"] is None
+    assert staged(backend_engines, "case_lead_assigned") == [
+        {"case_lead_id": first, "assigned_by": president},
+        {"case_lead_id": second, "assigned_by": president},
+        {"case_lead_id": None, "assigned_by": president},
+    ]
+    # the exclusion itself still travels as a change of the team, like each new lead
+    assert staged(backend_engines, "case_updated") == [{"changed": ["team"]}] * 3
+
+
 def test_withdrawing_referral_consent_cancels_the_referral_steps(team, backend_engines):
     stack, org, people = team
     case = open_case(stack, people, incident_at=(NOW - timedelta(hours=5)).isoformat())

@@ -158,6 +158,8 @@ def test_no_event_names_a_protocol_step_the_type_the_age_or_free_text(stack, cle
         handlers.assign_case_lead(uow(s), president, case.id, {"case_lead_id": lead.user_id, "version": version()})
     with Session(engine) as s:
         handlers.exclude_user(uow(s), president, case.id, {"user_id": str(uuid.uuid4()), "version": version()})
+    with Session(engine) as s:  # the lead excluded: the case has none, and the wire says null
+        handlers.exclude_user(uow(s), president, case.id, {"user_id": lead.user_id, "version": version()})
     with Session(engine) as s:
         referral = consents.record_consent(uow(s), president, case.id, {
             "purpose": "referral", "given_by": "caregiver", "child_assent": True, "provider_id": provider,
@@ -208,9 +210,9 @@ def test_no_event_names_a_protocol_step_the_type_the_age_or_free_text(stack, cle
         drained()
         return {json.loads(body)["type"] for body, _ in events} >= set(types)
 
-    kinds = ("case_opened", "case_classified", "case_updated", "risk_changed", "consent_recorded",
-             "consent_withdrawn", "step_completed", "step_due_soon", "step_overdue", "step_escalated",
-             "case_closed", "case_reopened")
+    kinds = ("case_opened", "case_classified", "case_updated", "risk_changed", "case_lead_assigned",
+             "consent_recorded", "consent_withdrawn", "step_completed", "step_due_soon", "step_overdue",
+             "step_escalated", "case_closed", "case_reopened")
     wait_until(lambda: seen(*kinds), timeout=30, interval=0.2, message="every kind of case event")
 
     step_ids = {rule.id for rule in load_protocol("smp-gbv", 1).steps}
@@ -234,3 +236,5 @@ def test_no_event_names_a_protocol_step_the_type_the_age_or_free_text(stack, cle
     assert alerted[plan["R7"]["ref"]] == {"president"}
     reopened = [json.loads(b)["data"] for b, _ in events if json.loads(b)["type"] == "case_reopened"]
     assert reopened == [{"reopened_by": president.user_id, "reason": "safety_concern"}]
+    leads = [json.loads(b)["data"]["case_lead_id"] for b, _ in events if json.loads(b)["type"] == "case_lead_assigned"]
+    assert leads == [lead.user_id, None]

@@ -24,6 +24,22 @@ def test_an_event_refuses_data_its_schema_does_not_name():
         )
 
 
+def test_a_case_opened_staged_before_it_carried_a_risk_level_loads_without_one():
+    example = CATALOGUE["case_opened"].example
+    earlier = dict(example, data={k: v for k, v in example["data"].items() if k != "risk_level"})
+    assert load_event(earlier, "case_opened")["data"]["risk_level"] is None
+    with pytest.raises(ValidationError):
+        load_event(dict(example, data=dict(example["data"], risk_level="severe")), "case_opened")
+
+
+def test_a_case_without_a_lead_says_so_with_null_never_by_leaving_the_lead_out():
+    example = CATALOGUE["case_lead_assigned"].example
+    assert load_event(dict(example, data=dict(example["data"], case_lead_id=None)),
+                      "case_lead_assigned")["data"]["case_lead_id"] is None
+    with pytest.raises(ValidationError):
+        load_event(dict(example, data={"assigned_by": example["data"]["assigned_by"]}), "case_lead_assigned")
+
+
 def test_a_consumer_refuses_an_unknown_version():
     body = dict(CATALOGUE["case_opened"].example, version=99)
     with pytest.raises(ValidationError):

@@ -162,6 +162,35 @@ class Case:
         self.touch(now)
         self.events.append(("risk_changed", {"risk_level": self.risk.value, "changed_by": actor_id}))
 
+    def assign_lead(self, lead_id: str, *, actor_id: str, now: datetime) -> bool:
+        """``lead_id`` leads the case from now on; False, and nothing
+        changes, if she already does. A member excluded from the case never
+        leads it. Who leads a case travels as ``case_lead_assigned``, for
+        the notifications meant for the case lead."""
+        if lead_id in self.excluded_users:
+            raise InvalidCase("case_lead_id", "this person is excluded from the case")
+        if lead_id == self.case_lead_id:
+            return False
+        self.case_lead_id = lead_id
+        self.touch(now)
+        self.events.append(("case_updated", {"changed": ["team"]}))
+        self.events.append(("case_lead_assigned", {"case_lead_id": lead_id, "assigned_by": actor_id}))
+        return True
+
+    def exclude(self, user_id: str, *, actor_id: str, now: datetime) -> list[str]:
+        """Conflict of interest: the member loses every sight of the case and,
+        if she led it, the lead (the case then has none). Returns the fields
+        changed."""
+        self.excluded_users = self.excluded_users | {user_id}
+        self.touch(now)
+        # "team", as for a new case lead: an exclusion would tell that a member is suspected
+        self.events.append(("case_updated", {"changed": ["team"]}))
+        if self.case_lead_id != user_id:
+            return ["excluded_users"]
+        self.case_lead_id = None
+        self.events.append(("case_lead_assigned", {"case_lead_id": None, "assigned_by": actor_id}))
+        return ["excluded_users", "case_lead_id"]
+
     def move_to(self, target: CaseStatus, *, actor_id: str, now: datetime, reason: str | None = None) -> None:
         try:
             new = transition(self.status, target)

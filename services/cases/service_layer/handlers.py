@@ -132,7 +132,8 @@ def open_case(uow: UnitOfWork, keyring: KeyRing, caller: Caller, command: dict, 
         uow.audit(case_id=case.id, organization_id=case.organization_id, actor_id=caller.user_id, action="open",
                   fields=[f for f in command if command.get(f) is not None and f != "idempotency_key"], now=now)
         uow.emit(case, "case_opened", {"survivor_code": case.survivor_code, "opened_by": caller.user_id,
-                                       "opened_at": now}, now)
+                                       "opened_at": now, "risk_level": case.risk.value if case.risk else None},
+                 now)
         uow.commit()
     except IntegrityError:
         # two retries of one request raced; the first one won
@@ -196,12 +197,12 @@ def assign_case_lead(uow: UnitOfWork, caller: Caller, case_id: str, command: dic
     now = utcnow()
     case = load_case(uow, caller, case_id, "assign")
     version = check_version(case, command.get("version"))
-    lead = str(command["case_lead_id"])
-    if lead in case.excluded_users:
-        raise InvalidInput("this person is excluded from the case", {"case_lead_id": ["excluded from the case"]})
-    case.case_lead_id = lead
-    case.touch(now)
-    case.events.append(("case_updated", {"changed": ["team"]}))
+    try:
+        changed = case.assign_lead(str(command["case_lead_id"]), actor_id=caller.user_id, now=now)
+    except model.InvalidCase as err:
+        raise invalid_input(err) from None
+    if not changed:
+        return case
     return save_edit(uow, case, caller, "assign", ["case_lead_id"], now, version)
 
 
@@ -214,14 +215,7 @@ def exclude_user(uow: UnitOfWork, caller: Caller, case_id: str, command: dict) -
     if user == caller.user_id:
         raise InvalidInput("you cannot exclude yourself", {"user_id": ["that is you"]})
     uow.cases.exclude(case.id, user, caller.user_id, now)
-    fields = ["excluded_users"]
-    if case.case_lead_id == user:
-        case.case_lead_id = None
-        fields.append("case_lead_id")
-    case.excluded_users = case.excluded_users | {user}
-    case.touch(now)
-    # "team", as for a new case lead: an exclusion would tell that a member is suspected
-    case.events.append(("case_updated", {"changed": ["team"]}))
+    fields = case.exclude(user, actor_id=caller.user_id, now=now)
     return save_edit(uow, case, caller, "exclude", fields, now, version)
 
 

@@ -63,6 +63,38 @@ def test_an_excluded_president_sees_nothing():
     assert may_view_case(caller({"president"}, "p-1"), case) is False
 
 
+def test_a_new_lead_is_told_once_and_the_same_lead_again_changes_nothing():
+    case = a_case()
+    assert case.assign_lead("l-1", actor_id="p-1", now=NOW) is True
+    assert case.assign_lead("l-1", actor_id="p-1", now=NOW) is False
+    assert case.assign_lead("l-2", actor_id="p-1", now=NOW) is True
+    assert (case.case_lead_id, case.version) == ("l-2", 3)
+    assert [data for kind, data in case.events if kind == "case_lead_assigned"] == [
+        {"case_lead_id": "l-1", "assigned_by": "p-1"}, {"case_lead_id": "l-2", "assigned_by": "p-1"}]
+
+
+def test_excluding_the_lead_leaves_the_case_without_one_and_she_cannot_lead_it_again():
+    case = a_case()
+    case.assign_lead("l-1", actor_id="p-1", now=NOW)
+    case.events.clear()
+    assert case.exclude("l-1", actor_id="p-1", now=NOW) == ["excluded_users", "case_lead_id"]
+    assert case.case_lead_id is None
+    assert case.events == [("case_updated", {"changed": ["team"]}),
+                           ("case_lead_assigned", {"case_lead_id": None, "assigned_by": "p-1"})]
+    with pytest.raises(InvalidCase) as err:
+        case.assign_lead("l-1", actor_id="p-1", now=NOW)
+    assert err.value.field == "case_lead_id"
+
+
+def test_excluding_another_member_leaves_the_lead_and_tells_only_of_the_team():
+    case = a_case()
+    case.assign_lead("l-1", actor_id="p-1", now=NOW)
+    case.events.clear()
+    assert case.exclude("m-1", actor_id="p-1", now=NOW) == ["excluded_users"]
+    assert (case.case_lead_id, case.excluded_users) == ("l-1", frozenset({"m-1"}))
+    assert case.events == [("case_updated", {"changed": ["team"]})]
+
+
 @pytest.mark.parametrize("roles,allowed", [({"focal_point"}, True), ({"president"}, True), ({"programme"}, False), ({"operator"}, False)])
 def test_who_may_open_a_case(roles, allowed):
     assert may_open_case(caller(roles)) is allowed
