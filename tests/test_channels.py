@@ -517,7 +517,7 @@ def test_by_default_only_email_and_webhooks_are_on(monkeypatch):
     try:
         assert set(senders) == {"email", "webhook"}
         assert all(isinstance(s, RateLimited) for s in senders.values())
-        assert senders["email"].per_second == 500 and senders["webhook"].per_second == 100
+        assert senders["email"].per_second == 1000 and senders["webhook"].per_second == 100
         with pytest.raises(PermanentRejection) as refused:  # on, but unsigned it sends nothing
             senders["webhook"].send("https://hooks.cec.test.invalid/", WEBHOOK, key="k")
         assert refused.value.code == "no-secret"

@@ -21,7 +21,7 @@ from services.notifications.adapters.channels.sms import SmsSender
 from services.notifications.adapters.channels.webhook import WebhookSender
 from services.notifications.adapters.channels.whatsapp import WhatsAppSender
 
-DEFAULT_RATES = {"email": 500.0, "sms": 10.0, "whatsapp": 20.0, "webhook": 100.0}
+DEFAULT_RATES = {"email": 1000.0, "sms": 10.0, "whatsapp": 20.0, "webhook": 100.0}
 
 
 def _text(config: dict, key: str, default: str = "") -> str:
