@@ -116,6 +116,11 @@ NOTIFICATION_ACK_REFUSED = Counter(
 NOTIFICATION_RULES_REFUSED = Counter(
     "warmi_notification_rules_refused_total", "Rules files refused at load; the previous rules stayed"
 )
+TEMPLATE_FALLBACKS = Counter(
+    "warmi_notification_template_fallbacks_total",
+    "Notification texts rendered in another language than the one asked for, for want of its catalogue",
+    ["kind", "locale"],
+)  # locale: the language asked for (a two- or three-letter code, else "other"); never a person
 RETENTION_DELETED = Counter(
     "warmi_retention_deleted_total", "Rows deleted by retention once older than their period", ["service", "table"]
 )  # table: outbox, processed_events, deliveries
