@@ -50,6 +50,16 @@ WARMI_METRICS = {
     "warmi_outbox_published_total",
     "warmi_outbox_publish_failures_total",
     "warmi_notifications_total",
+    "warmi_notification_latency_seconds",
+    "warmi_notification_acknowledgements_total",
+    "warmi_notification_escalations_total",
+    "warmi_notification_spend_messages",
+    "warmi_notification_spend_cap_messages",
+    "warmi_notification_cap_fallbacks_total",
+    "warmi_notification_unreachable_total",
+    "warmi_notification_ack_refused_total",
+    "warmi_notification_rules_refused_total",
+    "warmi_notification_template_fallbacks_total",
     "warmi_step_alerts_total",
     "warmi_plan_steps_overdue",
     "warmi_retention_deleted_total",
@@ -61,6 +71,7 @@ WARMI_HISTOGRAMS = {
     "warmi_rpc_duration_seconds",
     "warmi_event_handler_duration_seconds",
     "warmi_http_request_duration_seconds",
+    "warmi_notification_latency_seconds",
 }
 # Not Warmi's own: Prometheus' scrape health, and RabbitMQ's per-object queue depth.
 OTHER_METRICS = {"up", "rabbitmq_queue_messages_ready"}
@@ -89,6 +100,28 @@ SECRET_HOLDERS = {
     "CASES_ENCRYPTION_KEYS": {"cases", "migrate"},  # the migration encrypts stored fields
     "CALLER_KEYS": set(PROCESSES),
     "AUDIT_KEYS": {"cases", "gateway", "migrate"},
+    "ACK_KEYS": {"notifications"},  # signs the acknowledgement links of urgent messages
+}
+# The optional channels' credentials, and who gets each: absent, the channel
+# is off (e-mail alone works). The gateway checks forwarded SMS replies with
+# the SMS token. On Kubernetes they come from a Secret of their own, which may
+# not exist; in Compose from the environment, empty by default.
+CHANNEL_SECRETS = {
+    "SMS_AUTH_TOKEN": {"notifications", "gateway"},
+    "WHATSAPP_TOKEN": {"notifications"},
+    "WEBHOOK_SECRET": {"notifications"},
+}
+CHANNEL_SECRET_NAME = "warmi-channel-secrets"
+# The optional channels' settings (not secret), and who reads each.
+CHANNEL_SETTINGS = {
+    "SMS_URL": {"notifications"},
+    "SMS_ACCOUNT_SID": {"notifications"},
+    "SMS_FROM": {"notifications"},
+    "SMS_MESSAGING_SERVICE_SID": {"notifications"},
+    "SMS_STATUS_CALLBACK": {"notifications"},
+    "WHATSAPP_URL": {"notifications"},
+    "WHATSAPP_PHONE_NUMBER_ID": {"notifications"},
+    "SMS_INBOUND_URL": {"gateway"},
 }
 # A Fernet key: 32 bytes, urlsafe base64 -> 43 characters and "=".
 FERNET_KEY = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}=")
@@ -267,6 +300,18 @@ def test_compose_gives_each_secret_from_the_environment_only_to_its_holders():
         assert re.fullmatch(r"\$\{%s:\?[^}]*deploy/README\.md\}" % secret, value), value
 
 
+def test_compose_passes_the_optional_channels_through_empty_by_default():
+    """SMS, WhatsApp and webhooks are off unless the operator's environment
+    turns them on (``${VAR:-}``); each credential and setting reaches only the
+    processes that read it, and Compose starts without any of them."""
+    services = load_yaml(COMPOSE)["services"]
+    for variable, readers in {**CHANNEL_SECRETS, **CHANNEL_SETTINGS}.items():
+        given = {name for name, service in services.items() if variable in service.get("environment", {})}
+        assert given == readers, (variable, sorted(given))
+        for name in readers:
+            assert services[name]["environment"][variable] == "${%s:-}" % variable, (name, variable)
+
+
 def test_postgres_init_creates_one_database_per_service():
     services = load_yaml(COMPOSE)["services"]
     assert "./deploy/postgres/init.sql:/docker-entrypoint-initdb.d/init.sql:ro" in services["postgres"]["volumes"]
@@ -326,6 +371,18 @@ def test_alert_unit_tests_cover_several_alerts():
     assert len(tested) >= 2
 
 
+def test_every_notification_alert_is_shown_firing_by_a_unit_test():
+    fired = {
+        case["alertname"]
+        for test in load_yaml(ALERTS_TEST)["tests"]
+        for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
+    notification_alerts = {rule["alert"] for rule in alert_rules() if "warmi_notification" in rule["expr"]}
+    assert len(notification_alerts) >= 5, sorted(notification_alerts)
+    assert notification_alerts <= fired, sorted(notification_alerts - fired)
+
+
 def test_identitys_outbox_is_watched_through_the_gateways_process():
     """Identity runs in the gateway's process and has an outbox: its metrics
     come from the gateway's scrape target with service="identity", and the
@@ -361,6 +418,12 @@ def test_the_expected_alerts_exist():
         "warmi_handler_failures_total",
         "warmi_http_responses_total",
         "warmi_rpc_duration_seconds_bucket",
+        "warmi_notifications_total",
+        "warmi_notification_cap_fallbacks_total",
+        "warmi_notification_rules_refused_total",
+        "warmi_notification_unreachable_total",
+        "warmi_notification_spend_messages",
+        "warmi_notification_spend_cap_messages",
     ):
         assert metric in expressions, f"no alert reads {metric}"
     assert any(re.fullmatch(r"up\s*==\s*0", rule["expr"].strip()) for rule in rules.values())
@@ -423,6 +486,11 @@ def test_dashboard_shows_the_essentials():
         "warmi_notifications_total",
         "warmi_event_retries_total",
         "warmi_event_dead_lettered_total",
+        "warmi_notification_latency_seconds_bucket",
+        "warmi_notification_acknowledgements_total",
+        "warmi_notification_escalations_total",
+        "warmi_notification_spend_messages",
+        "warmi_notification_spend_cap_messages",
     ):
         assert needle in exprs, f"the dashboard does not show {needle}"
 
@@ -531,19 +599,25 @@ def test_kubernetes_secrets_are_referenced_not_defined(resources):
     assert not _by_kind(resources, "Secret"), "the kustomization must not define a Secret"
     readable = config_variables() | EXTRA_VARIABLES
     workloads = [*_by_kind(resources, "Deployment").values(), *_by_kind(resources, "Job").values()]
-    referenced = set()
+    referenced: dict[str, set[str]] = {}
     for workload in workloads:
         for container in _pod_spec(workload)["containers"]:
             for var in container.get("env", []):
                 assert var["name"] in readable, f"{var['name']} is read by no service"
                 ref = var["valueFrom"]["secretKeyRef"]
-                assert ref["name"] == "warmi-secrets" and ref["key"] == var["name"]
-                referenced.add(var["name"])
+                assert ref["key"] == var["name"], ref
+                # the channels' Secret may be missing, or lack a key; warmi-secrets may not
+                assert ref.get("optional", False) == (ref["name"] == CHANNEL_SECRET_NAME), ref
+                referenced.setdefault(ref["name"], set()).add(var["name"])
     assert referenced == {
-        "AMQP_URI", "CASES_DATABASE_URL", "NOTIFICATIONS_DATABASE_URL", "REFERRALS_DATABASE_URL",
-        "IDENTITY_DATABASE_URL", "CASES_ENCRYPTION_KEYS", "SMTP_URL", "CALLER_KEYS", "AUDIT_KEYS",
+        "warmi-secrets": {
+            "AMQP_URI", "CASES_DATABASE_URL", "NOTIFICATIONS_DATABASE_URL", "REFERRALS_DATABASE_URL",
+            "IDENTITY_DATABASE_URL", "CASES_ENCRYPTION_KEYS", "SMTP_URL", "CALLER_KEYS", "AUDIT_KEYS", "ACK_KEYS",
+        },
+        CHANNEL_SECRET_NAME: set(CHANNEL_SECRETS),
     }
-    assert referenced == set(_documented_secret_keys())
+    assert set().union(*referenced.values()) == set(_documented_secret_keys())
+    assert _created_secret_keys() == referenced
 
 
 def _secret_names(workload) -> set[str]:
@@ -556,7 +630,7 @@ def test_kubernetes_each_pod_gets_only_the_secrets_it_uses(resources):
     workloads = {**{process: deployments[f"warmi-{process}"] for process in PROCESSES}, "migrate": job}
     for name, workload in workloads.items():
         names = _secret_names(workload)
-        for secret, holders in SECRET_HOLDERS.items():
+        for secret, holders in {**SECRET_HOLDERS, **CHANNEL_SECRETS}.items():
             assert (secret in names) == (name in holders), (name, secret)
         urls = {n for n in names if n.endswith("_DATABASE_URL")}
         if name == "migrate":
@@ -567,11 +641,20 @@ def test_kubernetes_each_pod_gets_only_the_secrets_it_uses(resources):
 
 
 def _documented_secret_keys() -> dict[str, set[str]]:
-    """The table of deploy/kubernetes/README.md: key -> the pods it names."""
+    """The tables of deploy/kubernetes/README.md: key -> the pods it names."""
     text = (KUSTOMIZE_DIR / "README.md").read_text()
     rows = re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \| ([^|]+) \|", text, re.M)
     assert rows, "deploy/kubernetes/README.md has no table of the Secret's keys"
     return {key: {word.strip() for word in users.split(",")} for key, users in rows}
+
+
+def _created_secret_keys() -> dict[str, set[str]]:
+    """The example commands of deploy/kubernetes/README.md: Secret -> the keys it is made with."""
+    text = (KUSTOMIZE_DIR / "README.md").read_text()
+    created: dict[str, set[str]] = {}
+    for name, options in re.findall(r"create secret generic ([a-z0-9-]+)((?:\s*\\\n\s*--from-file=\S+)+)", text):
+        created.setdefault(name, set()).update(re.findall(r"--from-file=([A-Z][A-Z0-9_]*)=", options))
+    return created
 
 
 def test_kubernetes_readme_documents_the_secret_as_the_manifests_use_it(resources):
@@ -583,9 +666,8 @@ def test_kubernetes_readme_documents_the_secret_as_the_manifests_use_it(resource
         for secret in _secret_names(workload):
             users.setdefault(secret, set()).add(name)
     assert _documented_secret_keys() == users
-    # the example command creates every key
-    text = (KUSTOMIZE_DIR / "README.md").read_text()
-    created = set(re.findall(r"--from-file=([A-Z][A-Z0-9_]*)=", text))
+    # the example commands create every key
+    created = set().union(*_created_secret_keys().values())
     assert created == set(users), sorted(created ^ set(users))
 
 
@@ -597,6 +679,22 @@ def test_kubernetes_config_map_holds_only_known_settings(resources):
     assert data["GATEWAY_ADDRESS"] == "0.0.0.0:8000"
     for process, port in PROCESSES.items():
         assert data[f"{process.upper()}_METRICS_ADDRESS"] == f"0.0.0.0:{port}"
+    # the optional channels' settings are there to fill in, empty (off) as shipped
+    for setting in CHANNEL_SETTINGS:
+        assert data[setting] == "", setting
+    assert not set(data) & (set(CHANNEL_SECRETS) | set(SECRET_HOLDERS)), "a credential in the ConfigMap"
+
+
+def test_kubernetes_notification_rules_come_from_an_optional_config_map(resources):
+    """NOTIFICATION_RULES_DIR names the folder where notifications mounts the
+    ConfigMap of per-organisation rules, which need not exist."""
+    (config_map,) = _by_kind(resources, "ConfigMap").values()
+    folder = config_map["data"]["NOTIFICATION_RULES_DIR"]
+    spec = _pod_spec(_by_kind(resources, "Deployment")["warmi-notifications"])
+    (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["mountPath"] == folder]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    assert volume["configMap"] == {"name": "warmi-notification-rules", "optional": True}
 
 
 def test_kubernetes_gateway_has_a_disruption_budget(resources):
