@@ -85,7 +85,7 @@ def test_a_case_of_another_organisation_cannot_be_opened_or_read(running, clean_
     other = stack.organization("SMP", timezone="America/Bogota")
     case = stack.post_case(other["focal_point"]["token"], GOOD).json()
     wait_until(lambda: stack.smtp.messages(), message="the other president's e-mail")
-    wait_until(lambda: handled(clean_databases["notifications"], "notify_case_opened") == 1)
+    wait_until(lambda: handled(clean_databases["notifications"], "handle_case_opened") == 1)
     before = everything(stack, clean_databases)
 
     opened = stack.post_case(org["focal_point"]["token"], {**GOOD, "organization_id": other["organization"]["id"]})

@@ -17,7 +17,7 @@ def test_opening_a_case_emails_the_president_once_with_the_code_and_a_link(stack
     mail = messages[0]
     assert mail["To"] == "presidenta@cec.test.invalid"
     assert case["survivor_code"] in mail["Subject"]
-    body = mail.get_payload(decode=True).decode()
+    body = next(p for p in mail.walk() if p.get_content_type() == "text/plain").get_payload(decode=True).decode()
     assert f"https://warmi.test.invalid/console/cases/{case['id']}" in body
 
 

@@ -28,7 +28,7 @@ OWN_SAMPLES = {
         'warmi_outbox_published_total{service="cases"}',
     ],
     "notifications": [
-        'warmi_notifications_total{channel="email",outcome="sent"}',
+        'warmi_notifications_total{channel="email",kind="case_opened",outcome="sent"}',
         'warmi_event_handler_duration_seconds_count{event_type="case_opened",service="notifications"}',
     ],
     "referrals": ['warmi_rpc_duration_seconds_count{method="list_providers",service="referrals"}'],

@@ -86,7 +86,7 @@ def test_two_copies_of_an_event_waiting_in_the_queue_send_one_email(stack, clean
 
     wait_until(lambda: stack.smtp.messages(), message="the e-mail")
     wait_until(lambda: all(d.status == "sent" for d in deliveries(clean_databases)))
-    wait_until(lambda: handled(clean_databases["notifications"], "notify_case_opened") == 1)
+    wait_until(lambda: handled(clean_databases["notifications"], "handle_case_opened") == 1)
     assert len(stack.smtp.settled()) == 1
 
 
@@ -103,7 +103,7 @@ def test_smtp_failing_twice_is_retried_with_backoff_then_delivered_once(stack, c
     assert len(stack.smtp.settled()) == 1
     assert deliveries(clean_databases)[0].attempts == 3
     assert sample("warmi_event_retries_total", service="notifications", event_type="case_opened") - retries_before == 2
-    assert sample("warmi_notifications_total", channel="email", outcome="failed") >= 2
+    assert sample("warmi_notifications_total", channel="email", kind="case_opened", outcome="failed") >= 2
 
 
 def test_smtp_failing_always_dead_letters_the_event_and_replay_delivers_it(stack, clean_databases, monkeypatch, capsys):

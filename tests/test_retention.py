@@ -28,7 +28,7 @@ def outbox_rows(n: int, *, created: datetime, published: datetime | None) -> lis
 
 
 def handled_rows(n: int, at: datetime) -> list[dict]:
-    return [{"event_id": str(uuid.uuid4()), "handler": "notify_case_opened", "processed_at": at} for _ in range(n)]
+    return [{"event_id": str(uuid.uuid4()), "handler": "handle_case_opened", "processed_at": at} for _ in range(n)]
 
 
 def delivery_rows(n: int, status: str, at: datetime) -> list[dict]:

@@ -22,7 +22,7 @@ def running(any_stack):
     org = stack.organization()
     opened = stack.post_case(org["focal_point"]["token"], CASE)
     assert opened.status_code == 201, opened.text
-    wait_until(lambda: handled(stack.engines["notifications"], "notify_case_opened") == 1,
+    wait_until(lambda: handled(stack.engines["notifications"], "handle_case_opened") == 1,
                message="the case_opened event to be handled")
     wait_until(lambda: stack.smtp.messages(), message="the president's e-mail")
     return stack, org, opened.json()
