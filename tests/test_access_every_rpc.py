@@ -19,7 +19,8 @@ REFUSALS = {"Forbidden", "NotFound"}
 CASE_ROLES = {"focal_point", "case_lead", "president", "supervisor"}
 # calls that answer anyone about her own organisation (her cases, her figures, deliveries
 # of her organisation's cases): asked from another organisation they reveal nothing of ours
-ANSWER_OWN_ORGANISATION = {"cases.list_cases", "cases.statistics", "notifications.case_notifications"}
+ANSWER_OWN_ORGANISATION = {"cases.list_cases", "cases.statistics", "cases.weekly_figures",
+                           "notifications.case_notifications"}
 
 
 def signed(organization_id: str, *roles: str, user_id: str | None = None, supervised=()) -> dict:
@@ -78,6 +79,7 @@ def test_every_rpc_refuses_another_organisation_and_every_role_that_may_not(stac
              {"president", "case_lead", "focal_point"}),
             ("cases.list_cases", lambda who: rpc.cases.list_cases(who, {}), CASE_ROLES),
             ("cases.statistics", lambda who: rpc.cases.statistics(who, {}), {"president", "programme", "supervisor"}),
+            ("cases.weekly_figures", lambda who: rpc.cases.weekly_figures(who), {"president"}),
             ("notifications.case_notifications", lambda who: rpc.notifications.case_notifications(who, case_id),
              CASE_ROLES),
             ("referrals.list_providers", lambda who: rpc.referrals.list_providers(who, a), CASE_ROLES),

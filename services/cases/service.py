@@ -247,6 +247,12 @@ class CasesService:
         figures = queries.statistics(self._uow(), self._who(caller), {"from": loaded["from_"], "to": loaded["to"]})
         return {"figures": figures, "csv": queries.statistics_csv(figures)}
 
+    @rpc(expected_exceptions=EXPECTED)
+    def weekly_figures(self, caller: dict) -> dict:
+        """A president's counts for her weekly digest (the notifications
+        service asks, with a caller signed for her)."""
+        return queries.weekly_figures(self._uow(), self._who(caller))
+
     @configured_timer("DEADLINES.SWEEP_INTERVAL_SECONDS", 30)
     def sweep_deadlines(self) -> None:
         def counted(kinds) -> None:

@@ -6,9 +6,9 @@ import csv
 import io
 import json
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, exists, func, or_, select
 
 from contracts.errors import Forbidden, InvalidInput
 from services.cases.adapters import orm
@@ -252,3 +252,25 @@ def statistics_csv(figures: dict) -> str:
 
 def _cell(n) -> str:
     return f"<{SMALL_CELL}" if n is None else str(n)
+
+
+def weekly_figures(uow: UnitOfWork, caller: Caller, now: datetime | None = None) -> dict:
+    """A president's week in three counts, for her digest: her organisation's
+    open cases, open steps due in the next seven days, and open steps past
+    their due time. Cases she is excluded from are not counted, so the
+    figures never reveal one. Counts only: no case is read, nothing audited."""
+    if not caller.has("president"):
+        raise Forbidden("the weekly figures are a president's")
+    now = now or datetime.now(timezone.utc)
+    c, s = orm.cases, orm.plan_steps
+    mine = and_(
+        c.c.organization_id == caller.organization_id, c.c.status != "closed",
+        ~exists().where(orm.case_exclusions.c.case_id == c.c.id,
+                        orm.case_exclusions.c.user_digest.in_(bound(uow.session).digests(caller.user_id))),
+    )
+    open_cases = uow.session.execute(select(func.count()).select_from(c).where(mine)).scalar()
+    steps = select(func.count()).select_from(s.join(c, c.c.id == s.c.case_id)).where(mine, s.c.status == "open")
+    due = uow.session.execute(steps.where(s.c.due_at >= now, s.c.due_at < now + timedelta(days=7))).scalar()
+    overdue = uow.session.execute(steps.where(s.c.due_at < now)).scalar()
+    uow.session.rollback()
+    return {"open_cases": open_cases, "due_this_week": due, "overdue": overdue}
