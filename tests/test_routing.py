@@ -63,8 +63,9 @@ def test_every_catalogued_event_published_before_its_consumer_ever_ran_waits_for
 
     handled = {consumer for event_type in CATALOGUE.values() for consumer in event_type.consumers
                if hasattr(service_class(consumer.split(".")[0]), consumer.split(".")[1])}
-    assert {"notifications.handle_case_opened", "cases.handle_provider_registered",
-            "notifications.handle_member_added", "cases.handle_organization_registered"} <= handled
+    assert {"notifications.handle_case_opened", "notifications.handle_case_lead_assigned",
+            "cases.handle_provider_registered", "notifications.handle_member_added",
+            "cases.handle_organization_registered"} <= handled
     for name, event_type in CATALOGUE.items():
         for consumer in set(event_type.consumers) & handled:
             service = consumer.split(".")[0]
@@ -75,14 +76,16 @@ def test_every_catalogued_event_published_before_its_consumer_ever_ran_waits_for
     stack.stop_all()
 
     # every other consumer the catalogue names finds each of its events waiting
-    waiting = 0
+    waiting = set()
     for name, event_type in CATALOGUE.items():
         assert event_type.consumers, f"{name} has no consumer: it would be routed to nowhere"
         for consumer in set(event_type.consumers) - handled:
             bodies = drain(stack.amqp_uri, handler_queue_name(event_type.source, name, consumer))
             assert [b["event_id"] for b in bodies] == [events[name]["event_id"]], (name, consumer)
-            waiting += 1
-    assert waiting >= 9
+            waiting.add(consumer)
+    # the referral lifecycle has no handler yet
+    assert {"referrals.handle_consent_recorded", "referrals.handle_consent_withdrawn",
+            "referrals.handle_case_closed"} <= waiting
     assert drain(stack.amqp_uri, UNROUTED_QUEUE) == []
 
 
