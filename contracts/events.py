@@ -302,3 +302,8 @@ def _schema(type_: str) -> Schema:
 from contracts import identity_events as _identity_events  # noqa: E402
 
 CATALOGUE.update({e.name: e for e in _identity_events.catalogue()})
+
+# the notifications service's own event (its timers' work) joins the catalogue
+from contracts import notification_events as _notification_events  # noqa: E402
+
+CATALOGUE.update({e.name: e for e in _notification_events.catalogue()})
