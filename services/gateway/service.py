@@ -15,7 +15,7 @@ from werkzeug.wrappers import Request, Response
 from servicekit.callers import Callers
 from servicekit.database import Database
 from servicekit.telemetry import Telemetry
-from services.gateway import identity, openapi, query, routes
+from services.gateway import acknowledge, identity, openapi, query, routes
 from services.gateway.api import (
     HttpError, RpcUnavailable, ask_all, call, case_etag, content_etag, endpoint, if_match, read_json, route,
     unavailable_response,
@@ -35,6 +35,8 @@ class GatewayService:
     callers = Callers()
     telemetry = Telemetry()
     rate_limit = RateLimit()
+    sms_replies = acknowledge.SmsReplies()
+    access_log = acknowledge.HideLinkTokens()
     cases = RpcProxy("cases")
     notifications = RpcProxy("notifications")
     referrals = RpcProxy("referrals")
@@ -224,6 +226,28 @@ class GatewayService:
             return Response(data, status=200, content_type="text/csv; charset=utf-8", headers={
                 "Content-Disposition": 'attachment; filename="warmi-statistics.csv"', "ETag": content_etag(data)})
         return result["figures"]
+
+    # -- outside the route table: the acknowledgement page and the SMS provider's
+    # replies (services/gateway/acknowledge.py); not JSON, not in the API document
+    @route("GET", acknowledge.PAGE)
+    def acknowledgement_page(self, request: Request, token: str) -> Response:
+        """What an acknowledgement link is about, and its button; never acknowledges."""
+        return acknowledge.page(request, token, self.notifications.acknowledgement, self.rate_limit)
+
+    @route("POST", acknowledge.PAGE)
+    def acknowledgement_tap(self, request: Request, token: str) -> Response:
+        """The button of an acknowledgement link: acknowledged once."""
+        return acknowledge.tap(request, token, self.notifications.acknowledge, self.rate_limit)
+
+    @route("GET", acknowledge.ASSET)
+    def acknowledgement_asset(self, request: Request, name: str) -> Response:
+        return acknowledge.asset(name)
+
+    @route("POST", acknowledge.INBOUND_SMS)
+    @endpoint
+    def inbound_sms(self, request: Request) -> Response:
+        """A reply to an SMS, forwarded and signed by the SMS provider."""
+        return acknowledge.inbound_sms(request, self.sms_replies, self.notifications.sms_reply)
 
 
 def _entrypoint(spec: Route):
