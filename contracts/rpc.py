@@ -73,6 +73,9 @@ class OpenCaseSchema(Strict):
     place = _choice(PLACES, load_default=None, allow_none=True)
     perpetrator_relationship = _choice(PERPETRATOR_RELATIONSHIPS, load_default=None, allow_none=True)
     context_flags = StrictList(_choice(CONTEXT_FLAGS), max_items=len(CONTEXT_FLAGS), load_default=None)
+    # the focal point's first safety check may already say the risk is high:
+    # the plan's deadlines follow it, and the committee is told as of a critical case
+    risk_level = _choice(RISK_LEVELS, load_default=None, allow_none=True)
 
 
 class Versioned(Strict):

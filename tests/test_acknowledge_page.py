@@ -28,7 +28,7 @@ from tests.conftest import ACK_KEYS, wait_until
 from tests.support.api import edit
 
 PUBLIC_URL = "https://warmi.test.invalid"  # the notifications' PUBLIC_URL in the test stack
-LINK = re.compile(re.escape(PUBLIC_URL) + r"/a/([A-Za-z0-9_-]{32})\b")
+LINK = re.compile(re.escape(PUBLIC_URL) + r"/a/([A-Za-z0-9_-]{32})(?![A-Za-z0-9_-])")
 PHONE = "+51987654321"
 SMS_TOKEN = "twilio-auth-token-of-the-test"
 INBOUND_URL = PUBLIC_URL + "/api/v1/inbound/sms"  # what the provider calls: not the test's own address

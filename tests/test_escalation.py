@@ -16,8 +16,9 @@ What holds:
   hour (her own, or the default) with two notifications containers running,
   holding four counts and no case code.
 
-The last three tests show faults of the notifications service, each named
-in its ``xfail`` reason: they pass once it is mended.
+The last three show that the order of a case's events does not matter (a
+case lead or a risk heard of before the opening) and that the digest counts
+the unacknowledged alerts of its own week.
 """
 from __future__ import annotations
 
@@ -382,10 +383,6 @@ def test_each_president_gets_one_digest_a_week_at_her_hour_with_two_containers(a
     assert weeks == [("2026-W11",), ("2026-W11",), ("2026-W12",)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "plan_digests (services/notifications/service_layer/handlers.py) counts the unacknowledged alerts with "
-    "uow.unacknowledged(organization_id) and no now=: the week is measured back from the wall clock, not from "
-    "the service's clock (Env.now)"))
 def test_the_digest_counts_the_alerts_of_its_week_nobody_acknowledged(stack, providers):
     clock = Clock(MONDAY - timedelta(minutes=1))
     start(stack, providers, clock)
@@ -401,10 +398,6 @@ def test_the_digest_counts_the_alerts_of_its_week_nobody_acknowledged(stack, pro
     assert "- Alertas que nadie ha confirmado aún: 1" in digest.text, digest.text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "UnitOfWork.case_lead (services/notifications/service_layer/unit_of_work.py) updates the cases projection "
-    "only: a case_lead_assigned handled before its case's case_opened (two queues, no order between them) "
-    "changes no row, and case_opened then inserts the case without its lead"))
 def test_the_case_lead_is_known_whichever_of_its_events_comes_first(stack, providers):
     start(stack, providers, Clock(T0))
     org = stack.organization()
@@ -428,19 +421,22 @@ def test_the_case_lead_is_known_whichever_of_its_events_comes_first(stack, provi
     assert mails(stack, LEAD, overdue(code))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "handle_event (services/notifications/service_layer/handlers.py) plans the notice of a case it does not know "
-    "yet with case_code None frozen into its values: every try fails to render (ValueError), the event is "
-    "dead-lettered, and a replay fails the same way"))
 def test_a_critical_alert_heard_before_its_case_still_reaches_the_president(stack, providers):
     start(stack, providers, Clock(T0))
     org = stack.organization()
     organization_id, case_id, code = org["organization"]["id"], str(uuid.uuid4()), "CEC-2026-0043"
 
+    from prometheus_client import REGISTRY
+
+    def retries() -> float:
+        return REGISTRY.get_sample_value(
+            "warmi_event_retries_total", {"service": "notifications", "event_type": "risk_changed"}) or 0
+
+    before = retries()
     publish(stack.amqp_uri, "risk_changed", organization_id=organization_id, case_id=case_id,
             data={"risk_level": "high", "changed_by": org["president"]["id"]})
-    wait_until(lambda: scalar(stack, "SELECT count(*) FROM deliveries WHERE case_id = :id", id=case_id),
-               message="the alert to be planned")
+    # the risk is tried first and waits (retried) until the opening has come
+    wait_until(lambda: retries() > before, message="the risk to wait for its case")
     publish(stack.amqp_uri, "case_opened", organization_id=organization_id, case_id=case_id,
             data={"survivor_code": code, "opened_by": org["focal_point"]["id"], "opened_at": T0, "risk_level": None})
 

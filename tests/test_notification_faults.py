@@ -292,9 +292,6 @@ def test_a_failing_provider_is_tried_again_for_a_normal_message_and_left_for_the
                                    ("sms", "lead"): 1, ("email", "lead"): 1})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "handlers._send counts each attempt by the status _deliver returned (failed), not the superseded "
-    "status _record gives an urgent failure it hands over: the 'failed' alert fires for it"))
 def test_an_attempt_handed_over_to_the_next_channel_is_counted_as_superseded_not_as_failed(stack, providers):
     c = committee(stack, providers)
     providers.program("whatsapp", 503)

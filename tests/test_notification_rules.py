@@ -435,10 +435,6 @@ def test_closing_and_reopening_are_emails_to_case_lead_and_president(committee):
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a case_lead_assigned handled before its case_opened is lost: UnitOfWork.case_lead updates a cases row "
-    "that does not exist yet, and case_opened then inserts it without a lead (the two events come on separate "
-    "queues, so through the API this happens about every other time)"))
 def test_a_case_lead_heard_of_before_the_opening_still_gets_the_case_leads_messages(committee):
     case = Case(str(uuid.uuid4()), "CEC-2026-0900")
     president = committee.people["president"].id

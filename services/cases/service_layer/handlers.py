@@ -120,6 +120,8 @@ def open_case(uow: UnitOfWork, keyring: KeyRing, caller: Caller, command: dict, 
         if profile:
             case.update_profile(profile, now)
             case.version, case.events = 1, []
+        if command.get("risk_level"):
+            case.risk = model.Risk(command["risk_level"])  # told in case_opened itself, not as a change
     except model.InvalidCase as err:
         raise invalid_input(err) from None
 

@@ -207,3 +207,7 @@ def overall_status(statuses: list[str]) -> str:
 
 class DeliveryFailed(Exception):
     """At least one delivery of an event failed and will be tried again."""
+
+
+class CaseNotKnownYet(DeliveryFailed):
+    """An event of a case came before the case's opening: tried again later."""

@@ -145,8 +145,14 @@ def handle_event(uow: UnitOfWork, env: Env, event: dict, handler: str) -> bool:
     ids = []
     if matched:
         case_id = str(event["case_id"]) if event.get("case_id") else None
+        case = uow.case(case_id) if case_id else None
+        if case_id and (case is None or case.survivor_code is None):
+            # heard of before the case's opening (another queue): its code, the
+            # one thing a message shows, is not known yet; try again shortly
+            uow.rollback()
+            raise model.CaseNotKnownYet("the case's opening has not arrived yet")
         context = _Context(
-            org=org, case=uow.case(case_id) if case_id else None, people=uow.people_of(organization_id),
+            org=org, case=case, people=uow.people_of(organization_id),
             supervisors=uow.supervisors_of(organization_id), rules=rules,
         )
         told: set[tuple[str, str]] = set()
@@ -171,17 +177,17 @@ def _project_case(uow: UnitOfWork, event: dict) -> None:
     kind, data = event["type"], event["data"]
     if kind not in CASE_FACT_EVENTS or not event.get("case_id"):
         return
-    case_id, at = str(event["case_id"]), event["occurred_at"]
+    case_id, organization_id, at = str(event["case_id"]), str(event["organization_id"]), event["occurred_at"]
     if kind == "case_opened":
-        uow.case_opened(case_id, str(event["organization_id"]), data["survivor_code"], str(data["opened_by"]),
+        uow.case_opened(case_id, organization_id, data["survivor_code"], str(data["opened_by"]),
                         data.get("risk_level"), at)
     elif kind == "risk_changed":
-        uow.case_changed(case_id, at, risk_level=data["risk_level"])
+        uow.case_changed(case_id, organization_id, at, risk_level=data["risk_level"])
     elif kind == "case_lead_assigned":
         lead = data.get("case_lead_id")
-        uow.case_lead(case_id, str(lead) if lead else None, at)
+        uow.case_lead(case_id, organization_id, str(lead) if lead else None, at)
     else:
-        uow.case_changed(case_id, at, closed=1 if kind == "case_closed" else 0)
+        uow.case_changed(case_id, organization_id, at, closed=1 if kind == "case_closed" else 0)
 
 
 def _stop_climbs(uow: UnitOfWork, event: dict, now: datetime) -> None:
@@ -318,14 +324,14 @@ def _send(uow: UnitOfWork, env: Env, notice_ids: list[str], *, inbox: tuple[str,
         uow.commit()
         outcomes = [_deliver(env, rules, c) for c in claimed]
         now = env.now()
-        again = _record(uow, env, outcomes, now)
+        again, final = _record(uow, env, outcomes, now)
         failed_left = uow.failed_due(notice_ids, now) if notice_ids else False
         if not again and inbox is not None and not failed_left:
             uow.mark_handled_or_skip(*inbox)
         uow.commit()
-        for outcome in outcomes:
+        for outcome, status in zip(outcomes, final):
             kind = outcome.claimed.notice.kind
-            env.observer.delivery(outcome.claimed.channel, kind, outcome.status.value)
+            env.observer.delivery(outcome.claimed.channel, kind, status.value)
             if outcome.status is DeliveryStatus.SENT:
                 env.observer.latency(outcome.claimed.channel, kind, (now - occurred_at).total_seconds())
         if not again:
@@ -355,6 +361,7 @@ def _reserve_paid(uow: UnitOfWork, env: Env, rules: Rules, claimed: list[Claimed
             kept.append(c)
             continue
         env.observer.capped(c.notice.organization_id, c.channel)
+        env.observer.delivery(c.channel, c.notice.kind, DeliveryStatus.CAPPED.value)
         uow.finish(c, DeliveryStatus.CAPPED, code="monthly_cap", sent_at=None)
         uow.log(c.notice, [dict(step="capped", rung=c.recipient_role, recipient_role=c.recipient_role,
                                 channel=c.channel, code="monthly_cap")], now)
@@ -391,11 +398,14 @@ def _deliver(env: Env, rules: Rules, c: Claimed) -> _Outcome:
     return _Outcome(c, DeliveryStatus.SENT, receipt.code, datetime.now(timezone.utc))
 
 
-def _record(uow: UnitOfWork, env: Env, outcomes: list[_Outcome], now: datetime) -> list[tuple[str, str]]:
+def _record(uow: UnitOfWork, env: Env, outcomes: list[_Outcome], now: datetime
+            ) -> tuple[list[tuple[str, str]], list[DeliveryStatus]]:
     """Every outcome and its log line; a refused delivery (any failed one,
     if urgent) hands over to the next channel of its chain. Returns the
-    (recipient, channel) of the fallbacks planned, to be sent in a further round."""
-    again = []
+    (recipient, channel) of the fallbacks planned, to be sent in a further
+    round, and each outcome's status as recorded (a failure handed over is
+    superseded)."""
+    again, final = [], []
     for o in outcomes:
         c, status = o.claimed, o.status
         urgent = c.notice.urgency != "normal"
@@ -413,7 +423,8 @@ def _record(uow: UnitOfWork, env: Env, outcomes: list[_Outcome], now: datetime) 
                                 channel=c.channel, code=o.code)], now)
         if nxt is not None:
             again.append((c.recipient_id, nxt))
-    return again
+        final.append(status)
+    return again, final
 
 
 def _fallback(uow: UnitOfWork, c: Claimed, now: datetime, *, urgent_email: bool) -> str | None:
@@ -603,7 +614,7 @@ def plan_digests(uow: UnitOfWork, env: Env, figures: Callable[[Recipient], dict 
         counts = figures(person)
         if counts is None:
             continue
-        counts = dict(counts, unacknowledged=uow.unacknowledged(person.organization_id))
+        counts = dict(counts, unacknowledged=uow.unacknowledged(person.organization_id, now))
         nid = notice_id(f"digest:{person.user_id}:{week}", rule.name)
         if not uow.insert_digest_once(person.user_id, week, nid):
             uow.rollback()

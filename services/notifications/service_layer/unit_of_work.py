@@ -20,7 +20,7 @@ from services.notifications.adapters import orm
 from services.notifications.domain.model import CaseFacts, DeliveryStatus, Planned, Recipient
 
 CLAIM_SECONDS = 60
-UNACKNOWLEDGED_DAYS = 7  # the digest counts urgent notices left unacknowledged this long
+UNACKNOWLEDGED_DAYS = 7  # the digest counts the urgent notices of the last 7 days nobody acknowledged
 
 _inbox, _deliveries, _recipients, _organizations = (
     orm.processed_events, orm.deliveries, orm.recipients, orm.organizations
@@ -188,27 +188,48 @@ class UnitOfWork:
         ]
 
     # -- the facts of a case ----------------------------------------------
+    # A case's events come on separate queues, so their order is not given:
+    # a case lead or a change of risk may be heard of before the opening.
+    # Each kind of fact keeps the time of the event that set it, and whichever
+    # event comes first makes the row.
     def case_opened(self, case_id: str, organization_id: str, survivor_code: str, opened_by: str,
                     risk_level: str | None, at: datetime) -> None:
-        self._insert_once(insert(_cases).values(
+        c = _cases
+        if self._insert_once(insert(c).values(
             case_id=case_id, organization_id=organization_id, survivor_code=survivor_code,
             focal_point_id=opened_by, risk_level=risk_level, closed=0, state_changed_at=at,
-        ))
+        )):
+            return
+        self.session.execute(update(c).where(c.c.case_id == case_id).values(
+            survivor_code=survivor_code, focal_point_id=opened_by))
+        self.session.execute(update(c).where(c.c.case_id == case_id, c.c.state_changed_at.is_(None))
+                             .values(risk_level=risk_level, state_changed_at=at))
 
-    def case_changed(self, case_id: str, at: datetime, **values) -> None:
+    def case_changed(self, case_id: str, organization_id: str, at: datetime, **values) -> None:
         """Risk or open/closed, unless a later event of the case was kept already."""
         c = _cases
-        self.session.execute(
+        done = self.session.execute(
             update(c).where(c.c.case_id == case_id, or_(c.c.state_changed_at.is_(None), c.c.state_changed_at <= at))
             .values(state_changed_at=at, **values)
-        )
+        ).rowcount
+        if not done and not self._case_known(case_id):
+            if not self._insert_once(insert(c).values(case_id=case_id, organization_id=organization_id, closed=0,
+                                                      state_changed_at=at, **values)):
+                self.case_changed(case_id, organization_id, at, **values)
 
-    def case_lead(self, case_id: str, lead: str | None, at: datetime) -> None:
+    def case_lead(self, case_id: str, organization_id: str, lead: str | None, at: datetime) -> None:
         c = _cases
-        self.session.execute(
+        done = self.session.execute(
             update(c).where(c.c.case_id == case_id, or_(c.c.lead_changed_at.is_(None), c.c.lead_changed_at <= at))
             .values(case_lead_id=lead, lead_changed_at=at)
-        )
+        ).rowcount
+        if not done and not self._case_known(case_id):
+            if not self._insert_once(insert(c).values(case_id=case_id, organization_id=organization_id, closed=0,
+                                                      case_lead_id=lead, lead_changed_at=at)):
+                self.case_lead(case_id, organization_id, lead, at)
+
+    def _case_known(self, case_id: str) -> bool:
+        return self.session.execute(select(exists().where(_cases.c.case_id == case_id))).scalar()
 
     def case(self, case_id: str) -> CaseFacts | None:
         c = _cases
