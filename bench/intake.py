@@ -138,11 +138,13 @@ def create_organizations(count: int) -> list[str]:
     command = [str(warmi)] if warmi.exists() else [sys.executable, "-m", "warmi.cli"]
     tokens, tries = [], 0
     while len(tokens) < count:
-        n, tries = len(tokens) + 1, tries + 1
+        n, tries, code = len(tokens) + 1, tries + 1, random_code()
         done = subprocess.run(
-            [*command, "create-organization", "--code", random_code(), "--name", f"Bench committee {n}",
+            [*command, "create-organization", "--code", code, "--name", f"Bench committee {n}",
              "--timezone", "America/Lima", "--president-name", f"Bench president {n}",
-             "--president-email", f"bench-president-{n}@example.org", "--focal-point-name", f"Bench focal point {n}"],
+             # e-mail addresses are one person's each: a new one per organisation, run after run
+             "--president-email", f"bench-president-{code.lower()}@example.org",
+             "--focal-point-name", f"Bench focal point {n}"],
             cwd=ROOT, capture_output=True, text=True)
         if done.returncode == 0:
             tokens.append(json.loads(done.stdout)["focal_point"]["token"])

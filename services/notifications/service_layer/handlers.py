@@ -156,8 +156,12 @@ def handle_event(uow: UnitOfWork, env: Env, event: dict, handler: str) -> bool:
             supervisors=uow.supervisors_of(organization_id), rules=rules,
         )
         told: set[tuple[str, str]] = set()
+        claimed: list[Claimed] = []
+        fresh: set[str] = set()
         for rule in matched:
-            ids.append(_plan_notice(uow, env, rule, event, context, told, now))
+            ids.append(_plan_notice(uow, env, rule, event, context, told, now, claim_into=claimed, fresh=fresh))
+        return _send(uow, env, ids, inbox=(event_id, handler), occurred_at=event["occurred_at"],
+                     planned=(claimed, fresh))
     return _send(uow, env, ids, inbox=(event_id, handler), occurred_at=event["occurred_at"])
 
 
@@ -236,10 +240,13 @@ def _values(event: dict, case: model.CaseFacts | None, tz_name: str, env: Env, e
 
 def _plan_notice(uow: UnitOfWork, env: Env, rule: Rule, event: dict, ctx: _Context,
                  told: set[tuple[str, str]], now: datetime, *, nid: str | None = None,
-                 values: dict | None = None) -> str:
+                 values: dict | None = None, claim_into: list[Claimed] | None = None,
+                 fresh: set[str] | None = None) -> str:
     """One notice of ``rule`` for ``event``, planned once: its deliveries,
     acknowledgement links and log. A notice planned already (the event came
-    again, or a copy of it is being handled beside this one) is left as it is."""
+    again, or a copy of it is being handled beside this one) is left as it is.
+    With ``claim_into``, the new notice's deliveries due now are planned
+    claimed by this worker and added to it, and its id to ``fresh``."""
     nid = nid or notice_id(str(event["event_id"]), rule.name)
     organization = None
     if "organization" in rule.to and ctx.org is not None:
@@ -281,11 +288,18 @@ def _plan_notice(uow: UnitOfWork, env: Env, rule: Rule, event: dict, ctx: _Conte
     )
     if not uow.insert_notice_once(notice):
         return nid
-    uow.plan_deliveries(notice, planned, now)
+    links = {}
     if rule.urgency != "normal":
         expires = now + timedelta(days=ctx.rules.ack_link_days)
-        uow.create_acks(nid, sorted({p.recipient.user_id for p in planned if p.recipient.role != "organization"}),
-                        expires)
+        links = uow.create_acks(
+            nid, sorted({p.recipient.user_id for p in planned if p.recipient.role != "organization"}), expires,
+            new_notice=True)
+    if claim_into is None:
+        uow.plan_deliveries(notice, planned, now)
+    else:
+        claim_into.extend(uow.plan_claimed(notice, planned, now, organization=ctx.org, acks=links))
+        if fresh is not None:
+            fresh.add(nid)
     lines = [dict(step="held", rung=p.recipient.role, recipient_role=p.recipient.role, channel=p.channel,
                   code="quiet_hours") for p in planned if p.not_before]
     lines += [dict(step="no_channel", rung=p.role, recipient_role=p.role, code="no_usable_channel")
@@ -310,22 +324,40 @@ class _Outcome:
 
 
 def _send(uow: UnitOfWork, env: Env, notice_ids: list[str], *, inbox: tuple[str, str] | None,
-          occurred_at: datetime) -> bool:
+          occurred_at: datetime, planned: tuple[list[Claimed], set[str]] | None = None) -> bool:
     """Claim, send and record the deliveries of ``notice_ids`` due now; the
     first claim shares the planning transaction. Fallbacks planned on the
-    way go out in a further round (at most one per channel of a chain)."""
+    way go out in a further round (at most one per channel of a chain).
+
+    ``planned``: the deliveries the caller just planned claimed, and the
+    notices it made. Only notices made before (the event came again) are
+    claimed from the database; and when every notice is new, nobody else can
+    hold one of their deliveries, so what is left to try is known from this
+    call's own outcomes, without asking the database."""
     rules = env.rules.current
     failed_left = False
     only: list[tuple[str, str]] | None = None  # after the first round: the fallbacks just planned
+    claimed_first, fresh = planned if planned is not None else (None, set())
+    all_fresh = bool(notice_ids) and fresh >= set(notice_ids)
+    failed_here = False
     for _ in range(len(model.PERSONAL_CHANNELS) + 2):
         now = env.now()
-        claimed = uow.claim_due(notice_ids, now, only=only) if notice_ids else []
+        if claimed_first is not None:
+            older = [n for n in notice_ids if n not in fresh]
+            claimed = claimed_first + (uow.claim_due(older, now) if older else [])
+            claimed_first = None
+        else:
+            claimed = uow.claim_due(notice_ids, now, only=only) if notice_ids else []
         claimed = _reserve_paid(uow, env, rules, claimed, now)
         uow.commit()
         outcomes = [_deliver(env, rules, c) for c in claimed]
         now = env.now()
         again, final = _record(uow, env, outcomes, now)
-        failed_left = uow.failed_due(notice_ids, now) if notice_ids else False
+        failed_here = failed_here or DeliveryStatus.FAILED in final
+        if all_fresh:
+            failed_left = failed_here
+        else:
+            failed_left = uow.failed_due(notice_ids, now) if notice_ids else False
         if not again and inbox is not None and not failed_left:
             uow.mark_handled_or_skip(*inbox)
         uow.commit()

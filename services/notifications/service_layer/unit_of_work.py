@@ -11,7 +11,9 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import and_, delete, exists, func, insert, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -83,7 +85,28 @@ class Ack:
     used_at: datetime | None
 
 
-_NOTICE_COLUMNS = [c.name for c in _notices.c]
+# the statements every event runs, built once: SQLAlchemy reuses their compiled form
+HANDLED = select(exists().where(_inbox.c.event_id == bindparam("event_id"), _inbox.c.handler == bindparam("handler")))
+ORGANIZATION = select(_organizations.c.id, _organizations.c.timezone, _organizations.c.language,
+                      _organizations.c.code).where(_organizations.c.id == bindparam("id"))
+CASE = select(_cases).where(_cases.c.case_id == bindparam("id"))
+PEOPLE = (select(_recipients).where(_recipients.c.organization_id == bindparam("id"), _recipients.c.active == 1)
+          .order_by(_recipients.c.user_id))
+SUPERVISORS = (
+    select(_recipients).join(orm.supervisions, orm.supervisions.c.user_id == _recipients.c.user_id)
+    .where(orm.supervisions.c.organization_id == bindparam("id"), _recipients.c.active == 1)
+    .order_by(_recipients.c.user_id)
+)
+PLAN = insert(_deliveries)
+LOG = insert(_log)
+_IGNORING: dict = {}  # (dialect, table) -> INSERT ... ON CONFLICT DO NOTHING
+FINISH = (
+    update(_deliveries)
+    .where(_deliveries.c.notice_id == bindparam("k_notice"), _deliveries.c.recipient_id == bindparam("k_recipient"),
+           _deliveries.c.channel == bindparam("k_channel"))
+    .values(status=bindparam("v_status"), claimed_until=None, sent_at=bindparam("v_sent_at"),
+            provider_code=bindparam("v_code"), last_error=bindparam("v_error"))
+)
 _WAITING = (DeliveryStatus.PENDING.value, DeliveryStatus.FAILED.value)
 
 
@@ -140,6 +163,16 @@ class UnitOfWork:
         t = _recipients
         return self.session.execute(select(t.c.revision).where(t.c.user_id == member_id)).scalar() or 0
 
+    def _insert_ignore(self, table, values: dict) -> bool:
+        """Insert a row unless one with its key exists, in one statement
+        (``ON CONFLICT DO NOTHING``: no savepoint); True if inserted."""
+        dialect = self.session.get_bind().dialect.name
+        statement = _IGNORING.get((dialect, table.name))
+        if statement is None:
+            statement = (pg_insert if dialect == "postgresql" else sqlite_insert)(table).on_conflict_do_nothing()
+            _IGNORING[(dialect, table.name)] = statement  # built once: its compiled form is reused
+        return bool(self.session.execute(statement, values).rowcount)
+
     def _insert_once(self, statement) -> bool:
         """Insert a row another worker may be inserting at the same moment:
         False, and nothing written, if the other got there first."""
@@ -151,26 +184,15 @@ class UnitOfWork:
         return True
 
     def organization(self, organization_id: str) -> Organization | None:
-        t = _organizations
-        row = self.session.execute(
-            select(t.c.id, t.c.timezone, t.c.language, t.c.code).where(t.c.id == organization_id)
-        ).first()
+        row = self.session.execute(ORGANIZATION, {"id": organization_id}).first()
         return Organization(row.id, row.timezone, row.language, row.code) if row else None
 
     def people_of(self, organization_id: str) -> list[Recipient]:
-        t = _recipients
-        rows = self.session.execute(
-            select(t).where(t.c.organization_id == organization_id, t.c.active == 1).order_by(t.c.user_id)
-        ).all()
-        return [_recipient(x) for x in rows]
+        return [_recipient(x) for x in self.session.execute(PEOPLE, {"id": organization_id}).all()]
 
     def supervisors_of(self, organization_id: str) -> list[Recipient]:
         """Active supervisors of the organisation, wherever they belong."""
-        t, s = _recipients, orm.supervisions
-        rows = self.session.execute(
-            select(t).join(s, s.c.user_id == t.c.user_id)
-            .where(s.c.organization_id == organization_id, t.c.active == 1).order_by(t.c.user_id)
-        ).all()
+        rows = self.session.execute(SUPERVISORS, {"id": organization_id}).all()
         return [_recipient(x) for x in rows if "supervisor" in x.roles.split(",")]
 
     def presidents(self) -> list[tuple[Recipient, Organization | None]]:
@@ -195,7 +217,7 @@ class UnitOfWork:
     def case_opened(self, case_id: str, organization_id: str, survivor_code: str, opened_by: str,
                     risk_level: str | None, at: datetime) -> None:
         c = _cases
-        if self._insert_once(insert(c).values(
+        if self._insert_ignore(c, dict(
             case_id=case_id, organization_id=organization_id, survivor_code=survivor_code,
             focal_point_id=opened_by, risk_level=risk_level, closed=0, state_changed_at=at,
         )):
@@ -232,8 +254,7 @@ class UnitOfWork:
         return self.session.execute(select(exists().where(_cases.c.case_id == case_id))).scalar()
 
     def case(self, case_id: str) -> CaseFacts | None:
-        c = _cases
-        row = self.session.execute(select(c).where(c.c.case_id == case_id)).first()
+        row = self.session.execute(CASE, {"id": case_id}).first()
         if row is None:
             return None
         return CaseFacts(row.case_id, row.survivor_code, row.focal_point_id, row.case_lead_id, row.risk_level,
@@ -241,9 +262,7 @@ class UnitOfWork:
 
     # -- inbox ------------------------------------------------------------
     def handled(self, event_id: str, handler: str) -> bool:
-        return self.session.execute(
-            select(exists().where(_inbox.c.event_id == event_id, _inbox.c.handler == handler))
-        ).scalar()
+        return self.session.execute(HANDLED, {"event_id": event_id, "handler": handler}).scalar()
 
     def mark_handled(self, event_id: str, handler: str) -> bool:
         """Record the event as handled. False if a concurrent copy of it did
@@ -259,12 +278,11 @@ class UnitOfWork:
     def mark_handled_or_skip(self, event_id: str, handler: str) -> None:
         """Record the event as handled, keeping the rest of the transaction
         if a concurrent copy recorded it first."""
-        self._insert_once(insert(_inbox).values(
-            event_id=event_id, handler=handler, processed_at=datetime.now(timezone.utc)))
+        self._insert_ignore(_inbox, dict(event_id=event_id, handler=handler, processed_at=datetime.now(timezone.utc)))
 
     # -- notices ------------------------------------------------------------
     def insert_notice_once(self, notice: Notice) -> bool:
-        return self._insert_once(insert(_notices).values(**notice.__dict__))
+        return self._insert_ignore(_notices, notice.__dict__)
 
     def notice(self, notice_id: str) -> Notice:
         row = self.session.execute(select(_notices).where(_notices.c.id == notice_id)).one()
@@ -296,7 +314,7 @@ class UnitOfWork:
             select(d.c.recipient_id, d.c.channel).where(d.c.notice_id == notice_id)).all()}
 
     def log(self, notice: Notice, lines: list[dict], now: datetime) -> None:
-        self.session.execute(insert(_log), [
+        self.session.execute(LOG, [
             {"notice_id": notice.id, "case_id": notice.case_id, "organization_id": notice.organization_id, "at": now,
              "rung": None, "recipient_role": None, "channel": None, "code": None, **line}
             for line in lines
@@ -314,9 +332,31 @@ class UnitOfWork:
             for p in planned
         ])
 
+    def plan_claimed(self, notice: Notice, planned: list[Planned], now: datetime, *,
+                     organization: Organization | None, acks: dict[str, tuple[str, datetime]]) -> list[Claimed]:
+        """Plan a new notice's deliveries in one insert, those due now
+        already claimed by this worker (the notice is new, so nobody else
+        can hold them), and return the claimed ones with what sending needs,
+        without reading them back."""
+        if not planned:
+            return []
+        claimed_until = now + timedelta(seconds=CLAIM_SECONDS)
+        rows, claimed = [], []
+        for p in planned:
+            row = _delivery_row(notice, p.recipient.user_id, p.recipient.role, p.channel, p.fallbacks, p.not_before,
+                                now)
+            if p.not_before is None:
+                row.update(status=DeliveryStatus.SENDING.value, attempts=1, claimed_until=claimed_until)
+                ack_id, expires = acks.get(p.recipient.user_id, (None, None))
+                claimed.append(Claimed(0, notice, p.recipient.user_id, p.recipient.role, p.channel, p.fallbacks,
+                                       p.recipient, organization, ack_id, expires))
+            rows.append(row)
+        self.session.execute(PLAN, rows)
+        return claimed
+
     def plan_fallback(self, c: Claimed, channel: str, rest: tuple[str, ...], now: datetime) -> bool:
-        return self._insert_once(insert(_deliveries).values(
-            **_delivery_row(c.notice, c.recipient_id, c.recipient_role, channel, rest, None, now)))
+        return self._insert_ignore(_deliveries,
+                                   _delivery_row(c.notice, c.recipient_id, c.recipient_role, channel, rest, None, now))
 
     def claim_due(self, notice_ids: list[str], now: datetime, *, only: list[tuple[str, str]] | None = None
                   ) -> list[Claimed]:
@@ -386,12 +426,12 @@ class UnitOfWork:
         return [Notice(**dict(r._mapping)) for r in rows]
 
     def finish(self, c: Claimed, status: DeliveryStatus, *, code: str | None, sent_at: datetime | None) -> None:
-        d = _deliveries
-        self.session.execute(update(d).where(d.c.id == c.id).values(
-            status=status.value, claimed_until=None, sent_at=sent_at,
-            provider_code=code[:32] if code else None,
-            last_error=None if status is DeliveryStatus.SENT else (code[:64] if code else None),
-        ))
+        """How one delivery ended, by its key (notice, recipient, channel)."""
+        self.session.execute(FINISH, {
+            "k_notice": c.notice.id, "k_recipient": c.recipient_id, "k_channel": c.channel,
+            "v_status": status.value, "v_sent_at": sent_at, "v_code": code[:32] if code else None,
+            "v_error": None if status is DeliveryStatus.SENT else (code[:64] if code else None),
+        })
 
     def failed_due(self, notice_ids: list[str], now: datetime) -> bool:
         """Whether any delivery of the notices is left to try now (failed,
@@ -440,13 +480,20 @@ class UnitOfWork:
         ).values(count=s.c.count - 1))
 
     # -- acknowledgements ----------------------------------------------------
-    def create_acks(self, notice_id: str, recipient_ids: list[str], expires_at: datetime) -> None:
-        known = {r.recipient_id for r in self.session.execute(
+    def create_acks(self, notice_id: str, recipient_ids: list[str], expires_at: datetime, *,
+                    new_notice: bool = False) -> dict[str, tuple[str, datetime]]:
+        """An acknowledgement link for each person who has none for the
+        notice yet (a new notice has none: nothing to read); returns the new
+        ones, person -> (id, expiry)."""
+        known = set() if new_notice else {r.recipient_id for r in self.session.execute(
             select(_acks.c.recipient_id).where(_acks.c.notice_id == notice_id)).all()}
-        rows = [{"id": secrets.token_bytes(8).hex(), "notice_id": notice_id, "recipient_id": r,
-                 "expires_at": expires_at, "used_at": None} for r in recipient_ids if r not in known]
-        if rows:
-            self.session.execute(insert(_acks), rows)
+        made = {r: (secrets.token_bytes(8).hex(), expires_at) for r in recipient_ids if r not in known}
+        if made:
+            self.session.execute(insert(_acks), [
+                {"id": ack_id, "notice_id": notice_id, "recipient_id": r, "expires_at": expires, "used_at": None}
+                for r, (ack_id, expires) in made.items()
+            ])
+        return made
 
     def ack(self, ack_id: str) -> tuple[Ack, str | None] | None:
         a, n, c = _acks, _notices, _cases
@@ -520,8 +567,7 @@ class UnitOfWork:
             select(exists().where(g.c.recipient_id == recipient_id, g.c.week == week))).scalar())
 
     def insert_digest_once(self, recipient_id: str, week: str, notice_id: str) -> bool:
-        return self._insert_once(insert(orm.digests).values(recipient_id=recipient_id, week=week,
-                                                             notice_id=notice_id))
+        return self._insert_ignore(orm.digests, dict(recipient_id=recipient_id, week=week, notice_id=notice_id))
 
     # -- a case's history ----------------------------------------------------------
     def deliveries_for_case(self, case_id: str) -> list[dict]:
