@@ -169,9 +169,21 @@ def assert_ok(result: subprocess.CompletedProcess) -> None:
     )
 
 
+class _PlainLoader(yaml.SafeLoader):
+    """YAML as Compose and Kubernetes read it: nameko's implicit ``${VAR}``
+    resolver, which the services' config loading adds to ``SafeLoader`` for
+    the whole process, is left out (here ``${VAR:-}`` is text)."""
+
+
+_PlainLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "!env_var"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def load_yaml(path: Path):
     with open(path) as fh:
-        return yaml.safe_load(fh)
+        return yaml.load(fh, Loader=_PlainLoader)
 
 
 def config_variables() -> set[str]:
@@ -526,7 +538,7 @@ def rendered() -> str:
 
 @pytest.fixture(scope="module")
 def resources(rendered) -> list[dict]:
-    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+    return [doc for doc in yaml.load_all(rendered, Loader=_PlainLoader) if doc]
 
 
 def test_kubernetes_manifests_match_the_api_schemas(rendered, resources, tmp_path):
