@@ -35,7 +35,7 @@ def delivery_rows(n: int, status: str, at: datetime) -> list[dict]:
     return [{"event_id": str(uuid.uuid4()), "event_type": "case_opened", "organization_id": str(uuid.uuid4()),
              "case_id": str(uuid.uuid4()), "recipient_id": str(uuid.uuid4()), "recipient_role": "president",
              "channel": "email", "status": status, "attempts": 1, "created_at": at,
-             "sent_at": at if status == "sent" else None} for _ in range(n)]
+             "sent_at": at if status == "sent" else None, "notice_id": str(uuid.uuid4())} for _ in range(n)]
 
 
 def seed(engines) -> None:

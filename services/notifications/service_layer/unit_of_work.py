@@ -235,8 +235,8 @@ class UnitOfWork:
             .values(state_changed_at=at, **values)
         ).rowcount
         if not done and not self._case_known(case_id):
-            if not self._insert_once(insert(c).values(case_id=case_id, organization_id=organization_id, closed=0,
-                                                      state_changed_at=at, **values)):
+            if not self._insert_once(insert(c).values(case_id=case_id, organization_id=organization_id,
+                                                      state_changed_at=at, **{"closed": 0, **values})):
                 self.case_changed(case_id, organization_id, at, **values)
 
     def case_lead(self, case_id: str, organization_id: str, lead: str | None, at: datetime) -> None:

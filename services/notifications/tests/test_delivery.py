@@ -201,3 +201,13 @@ def test_over_the_cap_an_urgent_sms_falls_back_to_email(world):
     assert ("email", "lead") in sent(world)
     with world.sessions() as s:
         assert ("capped", "sms") in s.execute(select(orm.notice_log.c.step, orm.notice_log.c.channel)).all()
+
+
+def test_a_case_closed_before_its_opening_arrived_waits_for_it_and_then_tells_lead_and_president(world):
+    closed = event("case_closed", {"closed_by": "pres", "reason": "survivor_agreed"})
+    with pytest.raises(DeliveryFailed):  # the case's code is not known yet: tried again later
+        world.handle(closed)
+    opened(world)
+    world.senders["email"].sent.clear()
+    assert world.handle(closed) is True
+    assert sent(world) == [("email", "lead"), ("email", "pres")]
