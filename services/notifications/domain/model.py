@@ -87,14 +87,6 @@ class Planned:
     not_before: datetime | None  # quiet hours: held until then
 
 
-@dataclass(frozen=True)
-class Message:
-    """What goes out by e-mail in the simplest case. Built from ids and codes only."""
-
-    subject: str
-    body: str
-
-
 def audience(
     to: tuple[str, ...], *, event_data: dict, case: CaseFacts | None, people: list[Recipient],
     supervisors: list[Recipient], organization: Recipient | None = None,
@@ -187,10 +179,6 @@ def next_rung(current: str | None, ladder: tuple[str, ...]) -> str | None:
         return above[0] if above else None
     index = ladder.index(current)
     return ladder[index + 1] if index + 1 < len(ladder) else None
-
-
-def more_urgent(a: str, b: str) -> str:
-    return a if URGENCIES.index(a) >= URGENCIES.index(b) else b
 
 
 def overall_status(statuses: list[str]) -> str:

@@ -126,7 +126,7 @@ class UnitOfWork:
             return True
         if self.session.execute(select(t.c.id).where(t.c.id == organization_id)).first() is not None:
             return False
-        if self._insert_once(insert(t).values(id=organization_id, **values)):
+        if self._insert_ignore(t, dict(id=organization_id, **values)):
             return True
         return bool(self.session.execute(newer).rowcount)  # another event of it got in first
 
@@ -150,7 +150,7 @@ class UnitOfWork:
         if not self.session.execute(newer).rowcount:
             if self.session.execute(select(t.c.user_id).where(t.c.user_id == member_id)).first() is not None:
                 return False
-            if not self._insert_once(insert(t).values(user_id=member_id, **values)) and \
+            if not self._insert_ignore(t, dict(user_id=member_id, **values)) and \
                     not self.session.execute(newer).rowcount:
                 return False  # another event of hers, as new or newer, got in first
         self.session.execute(delete(s).where(s.c.user_id == member_id))
@@ -172,16 +172,6 @@ class UnitOfWork:
             statement = (pg_insert if dialect == "postgresql" else sqlite_insert)(table).on_conflict_do_nothing()
             _IGNORING[(dialect, table.name)] = statement  # built once: its compiled form is reused
         return bool(self.session.execute(statement, values).rowcount)
-
-    def _insert_once(self, statement) -> bool:
-        """Insert a row another worker may be inserting at the same moment:
-        False, and nothing written, if the other got there first."""
-        try:
-            with self.session.begin_nested():
-                self.session.execute(statement)
-        except IntegrityError:
-            return False
-        return True
 
     def organization(self, organization_id: str) -> Organization | None:
         row = self.session.execute(ORGANIZATION, {"id": organization_id}).first()
@@ -235,8 +225,8 @@ class UnitOfWork:
             .values(state_changed_at=at, **values)
         ).rowcount
         if not done and not self._case_known(case_id):
-            if not self._insert_once(insert(c).values(case_id=case_id, organization_id=organization_id,
-                                                      state_changed_at=at, **{"closed": 0, **values})):
+            if not self._insert_ignore(c, dict(case_id=case_id, organization_id=organization_id,
+                                               state_changed_at=at, **{"closed": 0, **values})):
                 self.case_changed(case_id, organization_id, at, **values)
 
     def case_lead(self, case_id: str, organization_id: str, lead: str | None, at: datetime) -> None:
@@ -246,8 +236,8 @@ class UnitOfWork:
             .values(case_lead_id=lead, lead_changed_at=at)
         ).rowcount
         if not done and not self._case_known(case_id):
-            if not self._insert_once(insert(c).values(case_id=case_id, organization_id=organization_id, closed=0,
-                                                      case_lead_id=lead, lead_changed_at=at)):
+            if not self._insert_ignore(c, dict(case_id=case_id, organization_id=organization_id, closed=0,
+                                               case_lead_id=lead, lead_changed_at=at)):
                 self.case_lead(case_id, organization_id, lead, at)
 
     def _case_known(self, case_id: str) -> bool:
@@ -467,7 +457,7 @@ class UnitOfWork:
             return None
         if self.session.execute(update(s).where(key, s.c.count < cap).values(count=s.c.count + 1)).rowcount:
             return self.session.execute(select(s.c.count).where(key)).scalar()
-        if self._insert_once(insert(s).values(organization_id=organization_id, month=month, channel=channel, count=1)):
+        if self._insert_ignore(s, dict(organization_id=organization_id, month=month, channel=channel, count=1)):
             return 1
         if self.session.execute(update(s).where(key, s.c.count < cap).values(count=s.c.count + 1)).rowcount:
             return self.session.execute(select(s.c.count).where(key)).scalar()
