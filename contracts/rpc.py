@@ -15,6 +15,9 @@ from contracts.events import REOPEN_REASONS
 from contracts.fields import Instant, StrictBoolean, StrictInteger, StrictList, StrictString
 
 ROLES = ("focal_point", "case_lead", "president", "supervisor", "programme", "operator", "admin")
+# the roles a service signs for itself, for the one question it may ask another: never a
+# person's (identity accepts ROLES alone, and the gateway signs only the roles identity keeps)
+SERVICE_ROLES = ("notifications",)
 PLACES = ("mine_site", "camp", "processing_plant", "home", "public_space", "other", "unknown")
 PERPETRATOR_RELATIONSHIPS = ("co_worker", "supervisor", "partner", "family", "buyer_trader", "unknown", "other")
 CONTEXT_FLAGS = ("intimate_partner_violence", "workplace_harassment", "possible_sexual_exploitation")
@@ -43,7 +46,7 @@ def _choice(choices, **kwargs) -> StrictString:
 class CallerSchema(Strict):
     user_id = fields.UUID(required=True)
     organization_id = fields.UUID(required=True)
-    roles = StrictList(_choice(ROLES), max_items=len(ROLES), required=True)
+    roles = StrictList(_choice(ROLES + SERVICE_ROLES), max_items=len(ROLES + SERVICE_ROLES), required=True)
     supervised_organization_ids = StrictList(fields.UUID(), max_items=1000, load_default=list)
     # the gateway's signature (servicekit.callers): checked before the schema
     issued_at = StrictInteger(load_default=None)

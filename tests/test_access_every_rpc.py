@@ -2,7 +2,9 @@
 called straight over the broker with a properly signed caller (as if the
 gateway's own check had let it through), refuses a caller of another
 organisation and a caller of every role that may not do it, and writes
-nothing when it refuses."""
+nothing when it refuses. The one question a service asks for itself (who is
+excluded from a case) is refused to every person and answered to the
+notifications service about its own organisation's cases only."""
 from __future__ import annotations
 
 import uuid
@@ -26,6 +28,15 @@ ANSWER_OWN_ORGANISATION = {"cases.list_cases", "cases.statistics", "cases.weekly
 def signed(organization_id: str, *roles: str, user_id: str | None = None, supervised=()) -> dict:
     return KEYS.sign({"user_id": user_id or str(uuid.uuid4()), "organization_id": organization_id,
                       "roles": list(roles), "supervised_organization_ids": list(supervised)})
+
+
+def refusal_of(call) -> str | None:
+    """The class of error a call was refused with, or None if it was answered."""
+    try:
+        call()
+    except Exception as err:  # nameko raises our own error classes, or RemoteError
+        return err.exc_type if isinstance(err, RemoteError) else type(err).__name__
+    return None
 
 
 def test_every_rpc_refuses_another_organisation_and_every_role_that_may_not(stack):
@@ -83,6 +94,8 @@ def test_every_rpc_refuses_another_organisation_and_every_role_that_may_not(stac
             ("notifications.case_notifications", lambda who: rpc.notifications.case_notifications(who, case_id),
              CASE_ROLES),
             ("referrals.list_providers", lambda who: rpc.referrals.list_providers(who, a), CASE_ROLES),
+            # the notifications service's question: no person may ask it
+            ("cases.excluded_among", lambda who: rpc.cases.excluded_among(who, case_id, [member["id"]]), set()),
         ]
         before = {name: table_counts(engine) for name, engine in stack.database_engines().items()}
         refused, answered = [], []
@@ -106,6 +119,22 @@ def test_every_rpc_refuses_another_organisation_and_every_role_that_may_not(stac
         after = {name: table_counts(engine) for name, engine in stack.database_engines().items()}
         assert after == before, "a refused call wrote something"
         assert rpc.cases.get_case(president, case_id)["version"] == version
+
+        # the service itself, about its organisation's case: who of those asked is excluded, nothing else
+        service = signed(a, "notifications")
+        assert rpc.cases.excluded_among(service, case_id, [member["id"], lead["id"]]) == []
+        rpc.cases.exclude_user(president, case_id, {"user_id": member["id"]}, version)
+        assert rpc.cases.excluded_among(service, case_id, [member["id"], lead["id"]]) == [member["id"]]
+        assert rpc.cases.excluded_among(service, case_id, [member["id"].upper()]) == [member["id"].upper()]
+        for who, asked, ids, refusal in (
+            (signed(b, "notifications"), case_id, [member["id"]], "Forbidden"),  # another organisation's case
+            (signed(a, "notifications", "president"), case_id, [member["id"]], "Forbidden"),  # the role alone
+            (service, str(uuid.uuid4()), [member["id"]], "NotFound"),
+            (service, case_id, [member["id"]] * 1001, "InvalidInput"),
+            (service, case_id, ["not-an-id"], "InvalidInput"),
+            (service, case_id, member["id"], "InvalidInput"),
+        ):
+            assert refusal_of(lambda: rpc.cases.excluded_among(who, asked, ids)) == refusal, (who["roles"], refusal)
 
     assert {name for name, _, _ in refused} == {name for name, _, _ in calls}
     assert len(refused) > 150

@@ -34,7 +34,7 @@ from sqlalchemy import text
 
 from tests.conftest import handled, wait_until
 from tests.support.api import edit
-from tests.support.notify import Clock, fix_clock, publish, step_ref
+from tests.support.notify import Clock, fix_clock, nobody_excluded, publish, step_ref
 from tests.support.providers import FakeProviders
 
 ACCOUNT, SMS_TOKEN, SMS_FROM = "AC" + "0123456789abcdef" * 2, "twilio-token-of-the-test", "+15005550006"
@@ -398,7 +398,8 @@ def test_the_digest_counts_the_alerts_of_its_week_nobody_acknowledged(stack, pro
     assert "- Alertas que nadie ha confirmado aún: 1" in digest.text, digest.text
 
 
-def test_the_case_lead_is_known_whichever_of_its_events_comes_first(stack, providers):
+def test_the_case_lead_is_known_whichever_of_its_events_comes_first(stack, providers, monkeypatch):
+    nobody_excluded(monkeypatch)  # the case is published here, not opened through cases
     start(stack, providers, Clock(T0))
     org = stack.organization()
     organization_id, president_id = org["organization"]["id"], org["president"]["id"]
@@ -421,7 +422,8 @@ def test_the_case_lead_is_known_whichever_of_its_events_comes_first(stack, provi
     assert mails(stack, LEAD, overdue(code))
 
 
-def test_a_critical_alert_heard_before_its_case_still_reaches_the_president(stack, providers):
+def test_a_critical_alert_heard_before_its_case_still_reaches_the_president(stack, providers, monkeypatch):
+    nobody_excluded(monkeypatch)  # the case is published here, not opened through cases
     start(stack, providers, Clock(T0))
     org = stack.organization()
     organization_id, case_id, code = org["organization"]["id"], str(uuid.uuid4()), "CEC-2026-0043"

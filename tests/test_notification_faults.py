@@ -31,7 +31,7 @@ from servicekit.deadletters import handler_queues, list_dead_letters
 from servicekit.topology import event_exchange
 from services.notifications.service import NotificationsService
 from tests.conftest import Stack, wait_until
-from tests.support.notify import publish, step_ref
+from tests.support.notify import nobody_excluded, publish, step_ref
 from tests.support.providers import FakeProviders, Hang
 from warmi import cli
 from warmi.providersink import Answer, meta_error
@@ -71,6 +71,12 @@ class Providers(FakeProviders):
         if received.channel in self.down:
             self.program(received.channel, 503)
         return super().respond(received)
+
+
+@pytest.fixture(autouse=True)
+def _cases_known(monkeypatch):
+    """The cases here are published, not opened through cases."""
+    nobody_excluded(monkeypatch)
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ from services.notifications.domain import acks
 from tests.conftest import (
     ACK_KEYS, AMQP_SERVER, DATABASE_SERVICES, RABBIT_API, RABBIT_AUTH, RUN, SmtpServer, Stack, wait_until,
 )
-from tests.support.notify import notifier, publish, step_ref
+from tests.support.notify import nobody_excluded, notifier, publish, step_ref
 from tests.support.providers import FakeProviders
 
 PUBLIC_URL = "https://warmi.test.invalid"  # the notifications' PUBLIC_URL in the test stack
@@ -306,6 +306,7 @@ def committee(request, encryption_key, metrics_ports, tmp_path_factory):
     overrides = folder / "organizations"
     overrides.mkdir()
     with pytest.MonkeyPatch.context() as environment:
+        nobody_excluded(environment)  # its cases are published here, not opened through cases
         stack = Stack(f"{AMQP_SERVER}/{vhost}", databases(request, backend, folder, environment), smtp,
                       encryption_key, metrics_ports)
         try:

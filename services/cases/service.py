@@ -253,6 +253,13 @@ class CasesService:
         service asks, with a caller signed for her)."""
         return queries.weekly_figures(self._uow(), self._who(caller))
 
+    @rpc(expected_exceptions=EXPECTED)
+    def excluded_among(self, caller: dict, case_id: str, user_ids: list) -> list:
+        """Which of ``user_ids`` are excluded from the case: the notifications
+        service asks before it tells anyone of the case (a caller signed for
+        itself, with its service role; no person is answered)."""
+        return queries.excluded_among(self._uow(), self._who(caller), str(case_id), user_ids)
+
     @configured_timer("DEADLINES.SWEEP_INTERVAL_SECONDS", 30)
     def sweep_deadlines(self) -> None:
         def counted(kinds) -> None:

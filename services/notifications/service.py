@@ -7,8 +7,12 @@ plan weekly digests and reload the rules when their files change."""
 from __future__ import annotations
 
 import logging
+import uuid
+from dataclasses import replace
 from pathlib import Path
 
+import eventlet
+from nameko.dependency_providers import Config
 from nameko.extensions import DependencyProvider
 
 from contracts import rpc as contract
@@ -36,6 +40,9 @@ from services.notifications.service_layer.unit_of_work import UnitOfWork
 log = logging.getLogger(__name__)
 
 RULES_FILE = Path(__file__).resolve().parent / "rules.yaml"
+# who the service is when it asks cases who is excluded from a case: no person's id
+SERVICE_USER_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "warmi:service/notifications"))
+ASKED_AT_ONCE = 1000  # the most people cases answers about in one call
 
 
 class MetricsObserver(handlers.Observer):
@@ -127,7 +134,7 @@ def _case_event(name: str):
 
     @event_consumer("cases", name, expected_exceptions=(DeliveryFailed,))
     def handle(self, event: dict) -> None:
-        if not handlers.handle_event(UnitOfWork(self.db.session), self.notifier, event, f"handle_{name}"):
+        if not handlers.handle_event(UnitOfWork(self.db.session), self._env(), event, f"handle_{name}"):
             metrics.EVENT_DUPLICATES.labels(self.name, name).inc()
 
     handle.__name__ = f"handle_{name}"
@@ -145,6 +152,7 @@ class NotificationsService:
     telemetry = Telemetry()
     callers = Callers()
     cases = RpcProxy("cases")
+    config = Config()
 
     # -- the case's events: each one through the rules --------------------------
     handle_case_opened = _case_event("case_opened")
@@ -206,12 +214,36 @@ class NotificationsService:
     @configured_timer("WAKE_INTERVAL_SECONDS", 15)
     def wake(self) -> None:
         """Climb unacknowledged notices, release what quiet hours held."""
-        handlers.wake(UnitOfWork(self.db.session), self.notifier)
+        handlers.wake(UnitOfWork(self.db.session), self._env())
 
     @configured_timer("DIGEST_INTERVAL_SECONDS", 300)
     def digests(self) -> None:
         """Plan each president's weekly digest at her local day and hour."""
         handlers.plan_digests(UnitOfWork(self.db.session), self.notifier, self._figures)
+
+    def _env(self) -> handlers.Env:
+        """The shared handlers' environment, asking cases through this worker."""
+        return replace(self.notifier, excluded=self._excluded)
+
+    def _excluded(self, organization_id: str, case_id: str, user_ids: list[str]) -> set[str]:
+        """Which of ``user_ids`` are excluded from the case, as cases answers
+        the service's own signed question (its service role, for the case's
+        organisation). ``DeliveryFailed`` unless it answers within
+        ``EXCLUSIONS_TIMEOUT_SECONDS``: nobody is told without the answer."""
+        caller = self.callers.sign({
+            "user_id": SERVICE_USER_ID, "organization_id": organization_id, "roles": ["notifications"],
+            "supervised_organization_ids": [],
+        })
+        excluded: set[str] = set()
+        try:
+            with eventlet.Timeout(float(self.config.get("EXCLUSIONS_TIMEOUT_SECONDS", 5)), TimeoutError):
+                for start in range(0, len(user_ids), ASKED_AT_ONCE):
+                    excluded.update(self.cases.excluded_among(caller, case_id,
+                                                              user_ids[start:start + ASKED_AT_ONCE]))
+        except Exception as exc:  # cases away, slow or refusing: the event or the climb waits
+            log.warning("exclusions unavailable; tried again later", extra={"error": type(exc).__name__})
+            raise DeliveryFailed("cases did not say who is excluded from the case") from None
+        return excluded
 
     def _figures(self, person: Recipient) -> dict | None:
         """Her organisation's counts for the digest, read from cases as she

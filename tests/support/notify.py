@@ -55,3 +55,15 @@ def publish(amqp_uri: str, type_: str, *, organization_id: str, case_id: str | N
 
 def step_ref() -> str:
     return uuid.uuid4().hex[:16]
+
+
+def nobody_excluded(monkeypatch) -> None:
+    """For tests that publish a case's events without the cases service
+    having the case: notifications hears that nobody is excluded from it,
+    instead of asking cases (which would refuse an unknown case, so the
+    event would wait). Exclusions themselves are tested, through cases, in
+    ``test_notification_exclusions``."""
+    from services.notifications.service import NotificationsService
+
+    monkeypatch.setattr(NotificationsService, "_excluded",
+                        lambda self, organization_id, case_id, user_ids: set())

@@ -6,11 +6,12 @@ import csv
 import io
 import json
 import re
+import uuid
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import and_, exists, func, or_, select
 
-from contracts.errors import Forbidden, InvalidInput
+from contracts.errors import Forbidden, InvalidInput, NotFound
 from services.cases.adapters import orm
 from services.cases.adapters.crypto import KeyRing, bind, bound
 from services.cases.adapters.protocols import load as load_protocol
@@ -274,3 +275,49 @@ def weekly_figures(uow: UnitOfWork, caller: Caller, now: datetime | None = None)
     overdue = uow.session.execute(steps.where(s.c.due_at < now)).scalar()
     uow.session.rollback()
     return {"open_cases": open_cases, "due_this_week": due, "overdue": overdue}
+
+
+MAX_ASKED = 1000  # people asked about at once
+
+
+def excluded_among(uow: UnitOfWork, caller: Caller, case_id: str, user_ids) -> list[str]:
+    """Which of ``user_ids`` are excluded from the case, so that the
+    notifications service never tells one of them about it. Only that
+    service asks (a caller holding exactly its service role, which no
+    person can hold), and only about a case of the organisation it signed
+    for. The answer is those of ``user_ids`` that are excluded, as given;
+    no fact of the case is read or returned, so nothing is audited."""
+    if caller.roles != frozenset({"notifications"}):
+        raise Forbidden("only the notifications service asks this")
+    if not isinstance(user_ids, list) or len(user_ids) > MAX_ASKED:
+        raise InvalidInput("the people asked about are not valid",
+                           {"user_ids": [f"a list of at most {MAX_ASKED} user ids"]})
+    asked: dict[str, list[str]] = {}
+    for given in user_ids:
+        try:
+            canonical = str(uuid.UUID(given)) if isinstance(given, str) else None
+        except ValueError:
+            canonical = None
+        if canonical is None:
+            raise InvalidInput("the people asked about are not valid", {"user_ids": ["each one a user id"]})
+        asked.setdefault(canonical, []).append(given)
+    try:
+        uuid.UUID(str(case_id))
+    except ValueError:
+        raise NotFound("no such case") from None
+    c, x = orm.cases, orm.case_exclusions
+    organization_id = uow.session.execute(select(c.c.organization_id).where(c.c.id == str(case_id))).scalar()
+    if organization_id is None:
+        uow.session.rollback()
+        raise NotFound("no such case")
+    if organization_id != caller.organization_id:
+        uow.session.rollback()
+        raise Forbidden("the case belongs to another organisation")
+    # exclusions hold each user's keyed digest, under the key of the day it was written
+    stored = set(uow.session.execute(select(x.c.user_digest).where(x.c.case_id == str(case_id))).scalars())
+    uow.session.rollback()
+    if not stored:
+        return []
+    ring = bound(uow.session)
+    return [given for canonical, names in asked.items() if stored.intersection(ring.digests(canonical))
+            for given in names]

@@ -20,6 +20,17 @@ while a provider talks:
    ``DeliveryFailed``: the event is tried again with backoff, then
    dead-lettered, and a replay sends what is still unsent.
 
+Nobody excluded from a case (a conflict of interest) is told about it.
+Exclusions never travel in events, so before an event of a case is planned,
+before a climb, and before what a notice has due is sent (a release after
+quiet hours, a retry), the cases service is asked which people of the
+organisation and its supervisors are excluded (``Env.excluded``, asked with
+every one of them, before anything is written); they are left out as if the
+rules did not name them, a delivery planned for one of them before she was
+excluded is cancelled unsent, and nothing is logged of it. If cases cannot
+answer, the event (or the climb) is tried again later: nothing goes out
+unchecked.
+
 Exactly once per (notice, recipient, channel): the notice's id is derived
 from (event, rule), the delivery's key is unique, and a delivery is claimed
 before it is sent (the claim of a worker that died expires).
@@ -91,6 +102,9 @@ class Env:
     observer: Observer = field(default_factory=Observer)
     now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
     source: str = "notifications"
+    # (organization_id, case_id, candidate ids) -> those excluded from the case; raises
+    # DeliveryFailed when it cannot be known now. The service asks cases; by default nobody
+    excluded: Callable[[str, str, list[str]], set[str]] = lambda organization_id, case_id, candidates: set()
 
     def link(self, case_id: str | None) -> str | None:
         return f"{self.public_url.rstrip('/')}/console/cases/{case_id}" if case_id else None
@@ -135,45 +149,66 @@ def handle_event(uow: UnitOfWork, env: Env, event: dict, handler: str) -> bool:
     if uow.handled(event_id, handler):
         uow.rollback()
         return False
-    _project_case(uow, event)
-    _stop_climbs(uow, event, now)
     organization_id = str(event["organization_id"])
     org = uow.organization(organization_id)
     rules = env.rules.current
     matched = sorted(rules.matching(event["type"], event["data"], org.code if org else None),
                      key=lambda r: -model.URGENCIES.index(r.urgency))
+    case_id = str(event["case_id"]) if event.get("case_id") else None
+    if matched:
+        people, supervisors = uow.people_of(organization_id), uow.supervisors_of(organization_id)
+        # asked before anything is written, for the opening too: it may be heard of after
+        # an exclusion was made (this service was away, or the event was replayed)
+        excluded = _excluded(uow, env, organization_id, case_id, people + supervisors) \
+            if case_id else frozenset()
+    _project_case(uow, event)
+    _stop_climbs(uow, event, now)
     ids = []
     if matched:
-        case_id = str(event["case_id"]) if event.get("case_id") else None
         case = uow.case(case_id) if case_id else None
         if case_id and (case is None or case.survivor_code is None):
             # heard of before the case's opening (another queue): its code, the
             # one thing a message shows, is not known yet; try again shortly
             uow.rollback()
             raise model.CaseNotKnownYet("the case's opening has not arrived yet")
-        context = _Context(
-            org=org, case=case, people=uow.people_of(organization_id),
-            supervisors=uow.supervisors_of(organization_id), rules=rules,
-        )
+        context = _Context(org=org, case=case, people=people, supervisors=supervisors, rules=rules,
+                           excluded=excluded)
         told: set[tuple[str, str]] = set()
         claimed: list[Claimed] = []
         fresh: set[str] = set()
         for rule in matched:
             ids.append(_plan_notice(uow, env, rule, event, context, told, now, claim_into=claimed, fresh=fresh))
         return _send(uow, env, ids, inbox=(event_id, handler), occurred_at=event["occurred_at"],
-                     planned=(claimed, fresh))
+                     planned=(claimed, fresh), excluded=excluded)
     return _send(uow, env, ids, inbox=(event_id, handler), occurred_at=event["occurred_at"])
 
 
 def handle_notice_due(uow: UnitOfWork, env: Env, event: dict, handler: str) -> bool:
     """Send what a notice has due now (a climb, a release after quiet hours,
-    a digest): the service's own ``notice_due`` event."""
-    event_id = str(event["event_id"])
+    a digest): the service's own ``notice_due`` event. Who is excluded from
+    the notice's case is asked again first: a message held by quiet hours
+    is not released to someone excluded since it was planned."""
+    event_id, nid = str(event["event_id"]), str(event["data"]["notice_id"])
     if uow.handled(event_id, handler):
         uow.rollback()
         return False
-    return _send(uow, env, [str(event["data"]["notice_id"])], inbox=(event_id, handler),
-                 occurred_at=event["occurred_at"])
+    notice = uow.find_notice(nid)
+    excluded: frozenset[str] = frozenset()
+    if notice is not None and notice.case_id is not None:
+        people = uow.people_of(notice.organization_id) + uow.supervisors_of(notice.organization_id)
+        excluded = _excluded(uow, env, notice.organization_id, notice.case_id, people)
+    return _send(uow, env, [nid], inbox=(event_id, handler), occurred_at=event["occurred_at"],
+                 excluded=excluded)
+
+
+def _excluded(uow: UnitOfWork, env: Env, organization_id: str, case_id: str,
+              candidates: list[Recipient]) -> frozenset[str]:
+    """Who among ``candidates`` is excluded from the case, asked of cases with
+    every one of them, so that the question singles nobody out. The read
+    transaction ends first: nothing is held open while cases answers.
+    ``DeliveryFailed`` if it cannot answer (tried again later)."""
+    uow.rollback()
+    return frozenset(env.excluded(organization_id, case_id, sorted({p.user_id for p in candidates})))
 
 
 def _project_case(uow: UnitOfWork, event: dict) -> None:
@@ -211,6 +246,7 @@ class _Context:
     people: list[Recipient]
     supervisors: list[Recipient]
     rules: Rules
+    excluded: frozenset[str] = frozenset()  # never told of the case, and nothing logged of them
 
     @property
     def timezone(self) -> str:
@@ -253,6 +289,9 @@ def _plan_notice(uow: UnitOfWork, env: Env, rule: Rule, event: dict, ctx: _Conte
         organization = Recipient(ctx.org.id, ctx.org.id, "organization", "webhook", None, ctx.org.language or "es")
     people, missing = model.audience(rule.to, event_data=event.get("data") or {}, case=ctx.case,
                                      people=ctx.people, supervisors=ctx.supervisors, organization=organization)
+    # left out after the audience is found: a role held only by someone excluded is not
+    # reported missing, which would tell
+    people = [p for p in people if p.user_id not in ctx.excluded]
     planned: list[Planned] = []
     unreachable: list[Recipient] = []
     webhook_url = ctx.webhook_url()
@@ -324,10 +363,13 @@ class _Outcome:
 
 
 def _send(uow: UnitOfWork, env: Env, notice_ids: list[str], *, inbox: tuple[str, str] | None,
-          occurred_at: datetime, planned: tuple[list[Claimed], set[str]] | None = None) -> bool:
+          occurred_at: datetime, planned: tuple[list[Claimed], set[str]] | None = None,
+          excluded: frozenset[str] = frozenset()) -> bool:
     """Claim, send and record the deliveries of ``notice_ids`` due now; the
     first claim shares the planning transaction. Fallbacks planned on the
     way go out in a further round (at most one per channel of a chain).
+    A delivery claimed for someone in ``excluded`` (planned before she was
+    excluded from the case) is cancelled unsent, with no log line.
 
     ``planned``: the deliveries the caller just planned claimed, and the
     notices it made. Only notices made before (the event came again) are
@@ -348,6 +390,10 @@ def _send(uow: UnitOfWork, env: Env, notice_ids: list[str], *, inbox: tuple[str,
             claimed_first = None
         else:
             claimed = uow.claim_due(notice_ids, now, only=only) if notice_ids else []
+        if excluded:
+            for c in [c for c in claimed if c.recipient_id in excluded]:
+                uow.finish(c, DeliveryStatus.CANCELLED, code=None, sent_at=None)
+            claimed = [c for c in claimed if c.recipient_id not in excluded]
         claimed = _reserve_paid(uow, env, rules, claimed, now)
         uow.commit()
         outcomes = [_deliver(env, rules, c) for c in claimed]
@@ -484,16 +530,25 @@ def wake(uow: UnitOfWork, env: Env, *, limit: int = 200) -> int:
     """Look at every notice whose time came: climb one rung where nobody
     acknowledged in time, release what quiet hours held, and stage a
     ``notice_due`` for it. Safe with many replicas: each notice is taken by
-    compare-and-set on its wake time. Returns how many notices were taken."""
+    compare-and-set on its wake time. Who is excluded from the case is
+    asked before a notice that climbs is taken; if cases cannot answer, the
+    rest waits for the next tick. Returns how many notices were taken."""
     now = env.now()
     taken = 0
     for nid, wake_at in uow.notices_to_wake(now, limit):
+        try:
+            excluded = _excluded_from_climb(uow, env, uow.notice(nid), now)
+        except model.DeliveryFailed:
+            return taken
         notice = uow.take_notice(nid, wake_at)
         if notice is None:
             uow.rollback()
             continue  # another replica took it
-        if notice.ack_due_at is not None and notice.ack_due_at <= now and notice.acknowledged_at is None:
-            _climb(uow, env, notice, now)
+        if _climbs(notice, now):
+            if excluded is None:
+                uow.rollback()
+                continue  # it came due to climb since it was read: the next tick asks first
+            _climb(uow, env, notice, now, excluded)
             notice = uow.notice(nid)
         held = uow.next_hold(nid, now)
         uow.set_wake(nid, min([t for t in (notice.ack_due_at, held) if t is not None], default=None))
@@ -504,25 +559,48 @@ def wake(uow: UnitOfWork, env: Env, *, limit: int = 200) -> int:
     return taken
 
 
-def _climb(uow: UnitOfWork, env: Env, notice: Notice, now: datetime) -> None:
+def _climbs(notice: Notice, now: datetime) -> bool:
+    return notice.ack_due_at is not None and notice.ack_due_at <= now and notice.acknowledged_at is None
+
+
+def _excluded_from_climb(uow: UnitOfWork, env: Env, notice: Notice, now: datetime) -> frozenset[str] | None:
+    """Who is excluded from the case of ``notice`` if it is due to climb
+    (nobody, for a notice of no case); None if it is not due to climb."""
+    if not _climbs(notice, now):
+        return None
+    if notice.case_id is None:
+        return frozenset()
+    candidates = uow.people_of(notice.organization_id) + uow.supervisors_of(notice.organization_id)
+    return _excluded(uow, env, notice.organization_id, notice.case_id, candidates)
+
+
+def _climb(uow: UnitOfWork, env: Env, notice: Notice, now: datetime, excluded: frozenset[str]) -> None:
     """Nobody acknowledged ``notice`` within its rule's wait: tell the next
     rung of its ladder (once: the rung is recorded), and those already told
-    on the next channel of their chains. Logged step by step."""
+    on the next channel of their chains. Logged step by step. Nobody in
+    ``excluded`` is told again, nor on a rung: a rung held only by people
+    excluded is passed over, as if the ladder did not have it."""
     frozen = json.loads(notice.frozen)
     rule = rule_from_json(frozen["rule"])
-    rung = model.next_rung(notice.rung, rule.ladder)
     for c in uow.unacknowledged_sent(notice.id):
-        _fallback(uow, c, now, urgent_email=False)
-    if rung is None:
-        uow.update_notice(notice.id, ack_due_at=None)
-        uow.log(notice, [dict(step="exhausted", rung=notice.rung, code="top_of_ladder")], now)
-        return
+        if c.recipient_id not in excluded:
+            _fallback(uow, c, now, urgent_email=False)
     org = uow.organization(notice.organization_id)
     ctx = _Context(org=org, case=uow.case(notice.case_id) if notice.case_id else None,
                    people=uow.people_of(notice.organization_id),
                    supervisors=uow.supervisors_of(notice.organization_id), rules=env.rules.current)
-    people, missing = model.audience((rung,), event_data={}, case=ctx.case, people=ctx.people,
-                                     supervisors=ctx.supervisors)
+    rung, people, missing = model.next_rung(notice.rung, rule.ladder), [], []
+    while rung is not None:
+        holders, missing = model.audience((rung,), event_data={}, case=ctx.case, people=ctx.people,
+                                          supervisors=ctx.supervisors)
+        people = [p for p in holders if p.user_id not in excluded]
+        if people or not holders:
+            break
+        rung = model.next_rung(rung, rule.ladder)
+    if rung is None:
+        uow.update_notice(notice.id, ack_due_at=None)
+        uow.log(notice, [dict(step="exhausted", rung=notice.rung, code="top_of_ladder")], now)
+        return
     told = uow.told(notice.id)
     planned = []
     for person in people:

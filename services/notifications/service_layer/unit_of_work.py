@@ -278,6 +278,10 @@ class UnitOfWork:
         row = self.session.execute(select(_notices).where(_notices.c.id == notice_id)).one()
         return Notice(**dict(row._mapping))
 
+    def find_notice(self, notice_id: str) -> Notice | None:
+        found = self._notices({notice_id})
+        return found[0] if found else None
+
     def update_notice(self, notice_id: str, **values) -> None:
         self.session.execute(update(_notices).where(_notices.c.id == notice_id).values(**values))
 

@@ -211,3 +211,95 @@ def test_a_case_closed_before_its_opening_arrived_waits_for_it_and_then_tells_le
     world.senders["email"].sent.clear()
     assert world.handle(closed) is True
     assert sent(world) == [("email", "lead"), ("email", "pres")]
+
+
+def climb(world, hours):
+    """Move the clock, let the timer wake, and handle the ``notice_due`` events it staged."""
+    import json
+
+    world.clock.now = T0 + timedelta(hours=hours)
+    with world.sessions() as s:
+        handlers.wake(UnitOfWork(s), world.env)
+        staged = s.execute(select(orm.outbox.c.body)).scalars().all()
+        s.execute(orm.outbox.delete())
+        s.commit()
+    for body in staged:
+        due = json.loads(body)
+        due["occurred_at"] = datetime.fromisoformat(due["occurred_at"])
+        handlers.handle_notice_due(UnitOfWork(world.sessions()), world.env, due, "handle_notice_due")
+    return len(staged)
+
+
+OVERDUE = {"step_ref": "0123456789abcdef", "due_at": T0, "responsible": "case_lead"}
+
+
+def test_a_president_excluded_from_the_case_is_never_told_of_it_and_the_climb_passes_her_rung(world):
+    asked = []
+
+    def excluded(organization_id, case_id, candidates):
+        asked.append((organization_id, case_id, candidates))
+        return {"pres"}
+
+    world.env.excluded = excluded
+    opened(world)  # the opening too: it may be heard of after an exclusion was made
+    assert asked == [(ORG, CASE, ["focal", "lead", "pres", "sup"])]  # everyone, once: nobody singled out
+    assert ("email", "pres") not in sent(world)
+    world.senders["email"].sent.clear()
+    world.handle(event("step_overdue", OVERDUE))
+    assert sent(world) == [("email", "lead"), ("sms", "lead")]
+    assert len(asked) == 2
+
+    assert climb(world, 4 + 1 / 60) == 1  # her rung is passed over: the supervisor at once
+    assert sent(world) == [("email", "lead"), ("email", "sup"), ("sms", "lead")]
+    assert climb(world, 9) == 0  # the top of the ladder
+    world.handle(event("case_closed", {"closed_by": "lead", "reason": "survivor_agreed"}))  # to the lead alone
+    assert sent(world) == [("email", "lead"), ("email", "lead"), ("email", "sup"), ("sms", "lead")]
+    with world.sessions() as s:
+        log, notices = orm.notice_log, orm.notices
+        lines = s.execute(select(log.c.step, log.c.rung, log.c.recipient_role)
+                          .join(notices, notices.c.id == log.c.notice_id).where(notices.c.kind != "case_opened")).all()
+    assert ("climbed", "supervisor", None) in lines
+    assert [line for line in lines if "president" in line or line[0] == "no_recipient"] == []  # nothing tells
+
+
+def test_without_an_answer_about_exclusions_nothing_is_sent_and_the_event_and_the_climb_wait(world):
+    def away(organization_id, case_id, candidates):
+        raise DeliveryFailed("cases did not answer")
+
+    opened(world)
+    world.senders["email"].sent.clear()
+    world.env.excluded = away
+    overdue = event("step_overdue", OVERDUE)
+    with pytest.raises(DeliveryFailed):
+        world.handle(overdue)
+    assert sent(world) == []
+    with world.sessions() as s:
+        assert s.execute(select(orm.notices.c.id).where(orm.notices.c.kind == "step_overdue")).first() is None
+
+    world.env.excluded = lambda organization_id, case_id, candidates: set()
+    assert world.handle(overdue) is True
+    assert sent(world) == [("email", "lead"), ("email", "pres"), ("sms", "lead"), ("whatsapp", "pres")]
+
+    world.env.excluded = away
+    assert climb(world, 4 + 1 / 60) == 0  # not climbed without the answer
+    world.env.excluded = lambda organization_id, case_id, candidates: set()
+    assert climb(world, 4 + 2 / 60) == 1
+    assert ("email", "sup") in sent(world)
+
+
+def test_a_message_held_by_quiet_hours_is_not_released_to_someone_excluded_since(world):
+    with world.sessions() as s:
+        uow = UnitOfWork(s)
+        uow.project_member(ORG, member("pres", ["president"], revision=2, phone="+51900000001",
+                                       quiet_hours={"start": "09:00", "end": "12:00"}))
+        uow.commit()
+    opened(world)  # 10:00 in Lima: held for the president until 12:00
+    assert sent(world) == []
+    world.env.excluded = lambda organization_id, case_id, candidates: {"pres"}  # excluded meanwhile
+    assert climb(world, 2 + 1 / 60) == 1
+    assert sent(world) == []
+    with world.sessions() as s:
+        d = orm.deliveries
+        assert s.execute(select(d.c.recipient_id, d.c.status)).all() == [("pres", "cancelled")]
+        steps = s.execute(select(orm.notice_log.c.step)).scalars().all()
+    assert "cancelled" not in steps and "sent" not in steps
