@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 from dataclasses import replace
 from pathlib import Path
 
@@ -103,6 +104,7 @@ class Notifier(DependencyProvider):
         self.env = handlers.Env(
             rules=self.rules, renderer=Renderer(), senders=self.senders, ack_keys=ack_keys(config),
             public_url=config.get("PUBLIC_URL") or "http://127.0.0.1:8000", observer=MetricsObserver(),
+            late_opening=timedelta(seconds=float(config.get("LATE_OPENING_SECONDS", 10))),
         )
 
     @staticmethod

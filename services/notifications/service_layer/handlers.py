@@ -21,8 +21,8 @@ while a provider talks:
    dead-lettered, and a replay sends what is still unsent.
 
 Nobody excluded from a case (a conflict of interest) is told about it.
-Exclusions never travel in events, so before an event of a case is planned,
-before a climb, and before what a notice has due is sent (a release after
+Exclusions never travel in events, so before an event of a case is planned
+(an opening only when it is heard of late: ``_asks``), before a climb, and before what a notice has due is sent (a release after
 quiet hours, a retry), the cases service is asked which people of the
 organisation and its supervisors are excluded (``Env.excluded``, asked with
 every one of them, before anything is written); they are left out as if the
@@ -105,6 +105,8 @@ class Env:
     # (organization_id, case_id, candidate ids) -> those excluded from the case; raises
     # DeliveryFailed when it cannot be known now. The service asks cases; by default nobody
     excluded: Callable[[str, str, list[str]], set[str]] = lambda organization_id, case_id, candidates: set()
+    # an opening heard of later than this after it happened is checked for exclusions too
+    late_opening: timedelta = timedelta(seconds=10)
 
     def link(self, case_id: str | None) -> str | None:
         return f"{self.public_url.rstrip('/')}/console/cases/{case_id}" if case_id else None
@@ -157,10 +159,9 @@ def handle_event(uow: UnitOfWork, env: Env, event: dict, handler: str) -> bool:
     case_id = str(event["case_id"]) if event.get("case_id") else None
     if matched:
         people, supervisors = uow.people_of(organization_id), uow.supervisors_of(organization_id)
-        # asked before anything is written, for the opening too: it may be heard of after
-        # an exclusion was made (this service was away, or the event was replayed)
+        # asked before anything is written (see _asks)
         excluded = _excluded(uow, env, organization_id, case_id, people + supervisors) \
-            if case_id else frozenset()
+            if case_id and _asks(env, event, now) else frozenset()
     _project_case(uow, event)
     _stop_climbs(uow, event, now)
     ids = []
@@ -199,6 +200,16 @@ def handle_notice_due(uow: UnitOfWork, env: Env, event: dict, handler: str) -> b
         excluded = _excluded(uow, env, notice.organization_id, notice.case_id, people)
     return _send(uow, env, [nid], inbox=(event_id, handler), occurred_at=event["occurred_at"],
                  excluded=excluded)
+
+
+def _asks(env: Env, event: dict, now: datetime) -> bool:
+    """Whether cases is asked who is excluded before an event of a case is
+    told: always, but for an opening heard of at once. A case gains an
+    exclusion only after it is opened, and an opening is normally told
+    within a second, so asking then would only cost every new case a call
+    (the intake's latency target); an opening heard of late (this service
+    was away, behind, or the event is replayed) may follow an exclusion."""
+    return event["type"] != "case_opened" or now - event["occurred_at"] > env.late_opening
 
 
 def _excluded(uow: UnitOfWork, env: Env, organization_id: str, case_id: str,

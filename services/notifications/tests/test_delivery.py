@@ -241,13 +241,12 @@ def test_a_president_excluded_from_the_case_is_never_told_of_it_and_the_climb_pa
         return {"pres"}
 
     world.env.excluded = excluded
-    opened(world)  # the opening too: it may be heard of after an exclusion was made
-    assert asked == [(ORG, CASE, ["focal", "lead", "pres", "sup"])]  # everyone, once: nobody singled out
-    assert ("email", "pres") not in sent(world)
+    opened(world)  # heard of at once: a new case has had no time to gain an exclusion, nobody asked
+    assert asked == []
     world.senders["email"].sent.clear()
     world.handle(event("step_overdue", OVERDUE))
     assert sent(world) == [("email", "lead"), ("sms", "lead")]
-    assert len(asked) == 2
+    assert asked == [(ORG, CASE, ["focal", "lead", "pres", "sup"])]  # everyone, once: nobody singled out
 
     assert climb(world, 4 + 1 / 60) == 1  # her rung is passed over: the supervisor at once
     assert sent(world) == [("email", "lead"), ("email", "sup"), ("sms", "lead")]
@@ -303,3 +302,21 @@ def test_a_message_held_by_quiet_hours_is_not_released_to_someone_excluded_since
         assert s.execute(select(d.c.recipient_id, d.c.status)).all() == [("pres", "cancelled")]
         steps = s.execute(select(orm.notice_log.c.step)).scalars().all()
     assert "cancelled" not in steps and "sent" not in steps
+
+
+def test_an_opening_heard_of_late_is_checked_for_exclusions_and_one_heard_of_at_once_is_not(world):
+    asked = []
+
+    def excluded(organization_id, case_id, candidates):
+        asked.append(case_id)
+        return {"pres"}
+
+    world.env.excluded = excluded
+    world.clock.now = T0 + timedelta(seconds=10)  # the default: just in time
+    opened(world)
+    assert asked == [] and sent(world) == [("email", "pres")]
+
+    world.senders["email"].sent.clear()
+    world.clock.now = T0 + timedelta(seconds=11)  # late: the president was excluded meanwhile
+    world.handle(event("case_opened", {"survivor_code": "CEC-2026-0002", "opened_by": "focal", "opened_at": T0}))
+    assert asked == [CASE] and sent(world) == []
