@@ -720,14 +720,16 @@ def plan_digests(uow: UnitOfWork, env: Env, figures: Callable[[Recipient], dict 
     the next tick). Returns how many digests were planned."""
     now, rules, planned = env.now(), env.rules.current, 0
     for person, org in uow.presidents():
-        code = org.code if org else None
+        if org is None:
+            continue  # her organisation (its time zone) not heard of yet: her hour is not known
+        code = org.code
         rule = rules.digest_rule(code)
         if rule is None:
             continue
         weekday, hour = rules.digest_schedule(code)
         if person.digest_weekday is not None and person.digest_hour is not None:
             weekday, hour = person.digest_weekday, person.digest_hour
-        tz_name = org.timezone if org and org.timezone else "UTC"
+        tz_name = org.timezone
         week = schedule.digest_due(now, tz_name, weekday, hour)
         if week is None or uow.digest_sent(person.user_id, week):
             uow.rollback()

@@ -320,3 +320,25 @@ def test_an_opening_heard_of_late_is_checked_for_exclusions_and_one_heard_of_at_
     world.clock.now = T0 + timedelta(seconds=11)  # late: the president was excluded meanwhile
     world.handle(event("case_opened", {"survivor_code": "CEC-2026-0002", "opened_by": "focal", "opened_at": T0}))
     assert asked == [CASE] and sent(world) == []
+
+
+def test_a_president_heard_of_before_her_organisation_gets_her_digest_at_its_local_hour_not_utc(world):
+    other = "00000000-0000-0000-0000-0000000000cc"
+    figures = lambda person: {"open_cases": 1, "due_this_week": 0, "overdue": 0}  # noqa: E731
+    with world.sessions() as s:
+        uow = UnitOfWork(s)
+        uow.project_member(other, member("pres2", ["president"]))  # her organisation's event still on its way
+        uow.commit()
+    monday_8_utc = datetime(2026, 3, 9, 8, 0, tzinfo=timezone.utc)  # 03:00 in Lima
+    world.clock.now = monday_8_utc
+    with world.sessions() as s:
+        assert handlers.plan_digests(UnitOfWork(s), world.env, figures) == 0
+    with world.sessions() as s:
+        uow = UnitOfWork(s)
+        uow.project_organization(other, {"timezone": "America/Lima", "language": "es", "revision": 1, "code": "SMP"})
+        uow.commit()
+    with world.sessions() as s:
+        assert handlers.plan_digests(UnitOfWork(s), world.env, figures) == 0  # 03:00 in Lima: not yet
+    world.clock.now = monday_8_utc + timedelta(hours=5)  # 08:00 in Lima
+    with world.sessions() as s:
+        assert handlers.plan_digests(UnitOfWork(s), world.env, figures) == 2  # hers and CEC's president's
