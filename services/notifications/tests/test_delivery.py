@@ -177,12 +177,17 @@ def test_a_refused_whatsapp_goes_out_by_sms_and_a_failing_email_is_tried_again(w
     assert world.handle(e) is False
 
 
-def test_quiet_hours_hold_a_normal_message_and_let_a_critical_one_through(world):
+def quiet_president(world) -> None:
+    """The president asks for quiet from 09:00 to 12:00 in Lima."""
     with world.sessions() as s:
         uow = UnitOfWork(s)
         uow.project_member(ORG, member("pres", ["president"], revision=2, phone="+51900000001",
                                        quiet_hours={"start": "09:00", "end": "12:00"}))
         uow.commit()
+
+
+def test_quiet_hours_hold_a_normal_message_and_let_a_critical_one_through(world):
+    quiet_president(world)
     opened(world)  # 10:00 in Lima: quiet
     assert sent(world) == []
     world.clock.now = T0 + timedelta(hours=2, minutes=1)
@@ -287,11 +292,7 @@ def test_without_an_answer_about_exclusions_nothing_is_sent_and_the_event_and_th
 
 
 def test_a_message_held_by_quiet_hours_is_not_released_to_someone_excluded_since(world):
-    with world.sessions() as s:
-        uow = UnitOfWork(s)
-        uow.project_member(ORG, member("pres", ["president"], revision=2, phone="+51900000001",
-                                       quiet_hours={"start": "09:00", "end": "12:00"}))
-        uow.commit()
+    quiet_president(world)
     opened(world)  # 10:00 in Lima: held for the president until 12:00
     assert sent(world) == []
     world.env.excluded = lambda organization_id, case_id, candidates: {"pres"}  # excluded meanwhile
