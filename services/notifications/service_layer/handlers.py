@@ -22,9 +22,10 @@ while a provider talks:
 
 Nobody excluded from a case (a conflict of interest) is told about it.
 Exclusions never travel in events, so before an event of a case is planned
-(an opening only when it is heard of late: ``_asks``), before a climb, and before what a notice has due is sent (a release after
-quiet hours, a retry), the cases service is asked which people of the
-organisation and its supervisors are excluded (``Env.excluded``, asked with
+(an opening only when it is heard of late: ``_asks``), before a climb, and
+before what a notice has due is sent (a release after quiet hours, a retry),
+the cases service is asked which people of the organisation and its
+supervisors are excluded (``Env.excluded``, asked with
 every one of them, before anything is written); they are left out as if the
 rules did not name them, a delivery planned for one of them before she was
 excluded is cancelled unsent, and nothing is logged of it. If cases cannot
